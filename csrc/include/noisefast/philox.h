@@ -1,0 +1,121 @@
+// The portable noise stream: Philox4x32-10 and the Box-Muller transform.
+//
+// This header is the ONE definition of noisefast's randomness for C++ code. The CPU kernels
+// (g++) and the CUDA kernels (nvcc) include it, so a CPU test exercises the same arithmetic the
+// GPU runs. The Triton kernels (noisefast/triton/philox.py) and the reference
+// (noisefast/reference/random.py) implement the same definition; ../../../shared/design.md
+// ("The portable noise stream") is the specification:
+//
+//   key     (k0, k1) = (low 32, high 32) of a 64-bit seed
+//   counter (c0, c1, c2, c3) = (low 32 of q, high 32 of q, low 32 of stream, high 32 of stream)
+//   element j of a draw uses Philox block q = j / 4 and its lane j % 4
+//   uniform u = ((w >> 9) * 2 + 1) * 2^-24      (exact in float32, strictly inside (0, 1))
+//   normals  z0 = r0 cos(2 pi u1), z1 = r0 sin(2 pi u1), z2 = r2 cos(2 pi u3), z3 = r2 sin(2 pi u3)
+//            r0 = sqrt(-2 ln u0), r2 = sqrt(-2 ln u2), all in float32.
+//
+// Philox rounds and constants are those of Random123 (Salmon et al., SC'11), which are also the
+// ones Triton's tl.philox computes, so Triton kernels can call it directly.
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define NF_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#include <cmath>
+#define NF_HOST_DEVICE inline
+#endif
+
+namespace noisefast {
+
+constexpr uint32_t kPhiloxRoundA = 0xD2511F53u;  // multiplies counter word 0
+constexpr uint32_t kPhiloxRoundB = 0xCD9E8D57u;  // multiplies counter word 2
+constexpr uint32_t kPhiloxKeyA = 0x9E3779B9u;    // golden ratio, added to k0 after each round
+constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;    // sqrt(3) - 1, added to k1 after each round
+constexpr int kPhiloxRounds = 10;
+constexpr int kNormalsPerBlock = 4;             // one Philox call gives four normals
+
+struct PhiloxWords {
+  uint32_t w[4];
+};
+
+struct Normal4 {
+  float z[4];
+};
+
+NF_HOST_DEVICE uint32_t mul_hi_u32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+#endif
+}
+
+// Philox4x32 with ten rounds on counter (c0..c3) and key (k0, k1).
+NF_HOST_DEVICE PhiloxWords philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                         uint32_t k0, uint32_t k1) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    const uint32_t hi_a = mul_hi_u32(kPhiloxRoundA, c0);
+    const uint32_t lo_a = kPhiloxRoundA * c0;
+    const uint32_t hi_b = mul_hi_u32(kPhiloxRoundB, c2);
+    const uint32_t lo_b = kPhiloxRoundB * c2;
+    c0 = hi_b ^ c1 ^ k0;
+    c1 = lo_b;
+    c2 = hi_a ^ c3 ^ k1;
+    c3 = lo_a;
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
+  }
+  return PhiloxWords{{c0, c1, c2, c3}};
+}
+
+// The four Philox words of block q of `stream` under `seed`.
+NF_HOST_DEVICE PhiloxWords philox_block(uint64_t seed, uint64_t stream, uint64_t q) {
+  return philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32),
+                       static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// u = ((w >> 9) * 2 + 1) * 2^-24: the 23 high bits of w, centred in their bin. The integer is
+// below 2^24, so the conversion and the power-of-two scaling are exact.
+NF_HOST_DEVICE float uniform_open01(uint32_t w) {
+  return static_cast<float>(((w >> 9) << 1) | 1u) * 5.9604644775390625e-08f;  // 2^-24
+}
+
+NF_HOST_DEVICE float box_muller_radius(float u) {
+#if defined(__CUDA_ARCH__)
+  return sqrtf(-2.0f * logf(u));
+#else
+  return std::sqrt(-2.0f * std::log(u));
+#endif
+}
+
+NF_HOST_DEVICE void box_muller_angle(float u, float* c, float* s) {
+  const float theta = 6.28318548202514648f * u;  // float32(2 pi)
+#if defined(__CUDA_ARCH__)
+  sincosf(theta, s, c);
+#else
+  *c = std::cos(theta);
+  *s = std::sin(theta);
+#endif
+}
+
+// Four standard normals from one Philox block (Box-Muller on lanes (0, 1) and (2, 3)).
+NF_HOST_DEVICE Normal4 box_muller4(const PhiloxWords& words) {
+  const float r0 = box_muller_radius(uniform_open01(words.w[0]));
+  const float r2 = box_muller_radius(uniform_open01(words.w[2]));
+  float c1, s1, c3, s3;
+  box_muller_angle(uniform_open01(words.w[1]), &c1, &s1);
+  box_muller_angle(uniform_open01(words.w[3]), &c3, &s3);
+  return Normal4{{r0 * c1, r0 * s1, r2 * c3, r2 * s3}};
+}
+
+// Elements 4q .. 4q+3 of the normal stream `stream` under `seed`.
+NF_HOST_DEVICE Normal4 normal4(uint64_t seed, uint64_t stream, uint64_t q) {
+  return box_muller4(philox_block(seed, stream, q));
+}
+
+}  // namespace noisefast

@@ -1,0 +1,45 @@
+"""Argument checks shared by the ops: each error names the user's argument and what was expected."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_float_tensor(t, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+
+
+def check_nonnegative_number(value, name: str) -> float:
+    """A Python real number that is finite and >= 0, returned as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number or a tensor, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
+def values_checkable(t: torch.Tensor) -> bool:
+    """Whether the values of ``t`` may be read on the host now (not while a CUDA graph is captured)."""
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_nonnegative_values(t: torch.Tensor, name: str) -> None:
+    """Raise ValueError if ``t`` holds a negative or non-finite value (reads t on the host).
+
+    Call from inside an op's implementation, where the values exist even under torch.compile.
+    Skipped while a CUDA graph is being captured, when reading would break the capture.
+    """
+    if t.numel() == 0 or not values_checkable(t):
+        return
+    bad = ~torch.isfinite(t) | (t < 0)
+    if bool(bad.any()):
+        first = t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]].item()
+        raise ValueError(f"{name} must be finite and >= 0 everywhere, found {first}")

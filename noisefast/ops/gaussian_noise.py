@@ -1,0 +1,125 @@
+"""Gaussian noise injection: ``gaussian_noise(x, std) = x + std * z``, z ~ N(0, 1), in one pass.
+
+The op ``noisefast::gaussian_noise(x, seed, std, scale, inner)`` computes
+``out[i] = x[i] + std * scale[(i // inner) % len(scale)] * z_i`` with z from stream 0 of the
+portable noise stream under ``seed``; the public function turns a std broadcastable to x into
+(scale, inner). Its gradient is the identity for x; for a tensor std it is sum(grad * z) over
+the broadcast dimensions, with z regenerated from the seed (never stored).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .._library import Kernels
+from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
+from .randn import randn_out
+
+KERNELS = Kernels(
+    "gaussian_noise",
+    reference="noisefast.reference.noise:gaussian_noise",
+    compiled="gaussian_noise",
+    triton="noisefast.triton.gaussian_noise:gaussian_noise",
+)
+
+
+@torch.library.custom_op("noisefast::gaussian_noise", mutates_args=())
+def gaussian_noise_op(x: torch.Tensor, seed: torch.Tensor, std: float, scale: Optional[torch.Tensor],
+                      inner: int) -> torch.Tensor:
+    if scale is not None:
+        check_nonnegative_values(scale, "std")
+    return KERNELS(x.device, x, seed, std, scale, inner)
+
+
+@gaussian_noise_op.register_fake
+def _(x, seed, std, scale, inner):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x, seed, std, scale, inner = inputs
+    ctx.std, ctx.inner = std, inner
+    ctx.numel = x.numel()
+    ctx.save_for_backward(seed, scale if scale is not None else None)
+
+
+def _backward(ctx, grad):
+    seed, scale = ctx.saved_tensors
+    grad_x = grad if ctx.needs_input_grad[0] else None
+    grad_scale = None
+    if scale is not None and ctx.needs_input_grad[3]:
+        z = torch.empty(ctx.numel, dtype=torch.float32, device=grad.device)
+        randn_out(z, seed, 0, 0)
+        acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        per_element = grad.reshape(-1).to(acc) * z.to(acc) * ctx.std
+        period = scale.numel()
+        grad_scale = per_element.view(-1, period, ctx.inner).sum(dim=(0, 2)).to(scale.dtype)
+    return grad_x, None, None, grad_scale, None
+
+
+gaussian_noise_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def broadcast_as_scale(std: torch.Tensor, shape: torch.Size) -> Tuple[torch.Tensor, int]:
+    """Express ``std`` broadcast to ``shape`` as (scale, inner): value of element i (row-major)
+    = scale[(i // inner) % scale.numel()].
+
+    Exact whenever the non-1 dimensions of std form one run that matches ``shape`` there (per
+    sample [B,1,1,1], per channel [C,1,1], per column [W], a full tensor); otherwise std is
+    expanded to ``shape`` (inner = 1), which costs memory but is always right.
+    """
+    padded = (1,) * (len(shape) - std.dim()) + tuple(std.shape)
+    varying = [d for d, s in enumerate(padded) if s != 1]
+    if not varying:
+        return std.reshape(1), 1
+    first, last = varying[0], varying[-1]
+    if all(padded[d] == shape[d] for d in range(first, last + 1)):
+        inner = 1
+        for s in shape[last + 1:]:
+            inner *= s
+        return std.reshape(-1), max(inner, 1)
+    return std.expand(shape).reshape(-1), 1
+
+
+def gaussian_noise(x: torch.Tensor, std: Union[float, torch.Tensor], *, training: bool = True,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Add Gaussian noise: ``x + std * z`` with z ~ N(0, 1) drawn afresh for every call.
+
+    Args:
+        x: a float32, float16, bfloat16 or float64 tensor of any shape and layout.
+        std: the standard deviation, a number >= 0 or a float tensor broadcastable to x (per
+            sample, per channel, per element...). A tensor std receives a gradient.
+        training: when False, returns ``x`` itself (Keras GaussianNoise semantics: noise only in
+            training).
+        generator: where the seed is drawn (default: the default generator of x's device).
+
+    Returns:
+        A new contiguous tensor shaped and typed like x; arithmetic in float32 (float64 for
+        float64 x). The gradient with respect to x is the identity.
+
+    Noise injection as a regulariser: Bishop 1995, "Training with noise is equivalent to Tikhonov
+    regularization"; the noise comes from noisefast's portable stream (noisefast.randn).
+    Raises ValueError naming ``std`` if it is negative, NaN or infinite or does not broadcast to x.
+    Checking a CUDA std tensor's values reads it on the host (skipped during CUDA-graph capture).
+    """
+    check_float_tensor(x, "x")
+    if isinstance(std, torch.Tensor):
+        if not std.is_floating_point():
+            raise TypeError(f"std must be a float tensor, got {std.dtype}")
+        if std.device != x.device and not (std.dim() == 0 and std.device.type == "cpu"):
+            raise ValueError(f"std is on {std.device} but x is on {x.device}")
+        try:
+            broadcast = torch.broadcast_shapes(std.shape, x.shape)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != x.shape:
+            raise ValueError(f"std of shape {tuple(std.shape)} does not broadcast to x of shape {tuple(x.shape)}")
+        std_value, (scale, inner) = 1.0, broadcast_as_scale(std.to(x.device), x.shape)
+    else:
+        std_value, scale, inner = check_nonnegative_number(std, "std"), None, 1
+    if not training:
+        return x
+    from ..random import draw_seed  # noisefast.random imports ops; import here to avoid a cycle
+
+    return gaussian_noise_op(x, draw_seed(x.device, generator), std_value, scale, inner)

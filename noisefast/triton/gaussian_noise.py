@@ -1,0 +1,47 @@
+"""Triton kernel of noisefast_C::gaussian_noise: out = x + std * scale[(i // inner) % period] * z."""
+import torch
+import triton
+import triton.language as tl
+
+from .philox import interleave4, normal4
+
+BLOCKS_PER_PROGRAM = 256  # Philox blocks per program: 1024 elements
+
+
+@triton.jit
+def _gaussian_noise_kernel(x_ptr, out_ptr, seed_ptr, n, std, scale_ptr, period, inner,
+                           HAS_SCALE: tl.constexpr, BLOCKS: tl.constexpr):
+    seed = tl.load(seed_ptr)
+    pid = tl.program_id(0).to(tl.int64)
+    z0, z1, z2, z3 = normal4(seed, 0, pid * BLOCKS + tl.arange(0, BLOCKS))
+    i = pid * (4 * BLOCKS) + tl.arange(0, 4 * BLOCKS)
+    mask = i < n
+    # Math in float32 (float64 for float64 data), whatever the storage dtype.
+    acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    x = tl.load(x_ptr + i, mask=mask, other=0.0).to(acc_ty)
+    sigma = std.to(acc_ty)  # a float32 kernel argument
+    if HAS_SCALE:
+        sigma = sigma * tl.load(scale_ptr + (i // inner) % period, mask=mask, other=0.0).to(acc_ty)
+    out = x + sigma * interleave4(z0, z1, z2, z3).to(acc_ty)
+    tl.store(out_ptr + i, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def gaussian_noise(x: torch.Tensor, seed: torch.Tensor, std: float, scale, inner: int) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    n = x.numel()
+    if n == 0:
+        return out
+    if x.dtype == torch.float64:
+        # Triton passes Python floats as float32; fold std into a float64 scale to keep its bits.
+        scale = (torch.ones(1, dtype=torch.float64, device=x.device) if scale is None
+                 else scale.to(torch.float64).contiguous())
+        scale, std = std * scale, 1.0
+    elif scale is not None:
+        scale = scale.to(torch.float32).contiguous()
+    grid = (triton.cdiv(n, 4 * BLOCKS_PER_PROGRAM),)
+    _gaussian_noise_kernel[grid](
+        x, out, seed, n, std, scale if scale is not None else x,
+        scale.numel() if scale is not None else 1, inner,
+        HAS_SCALE=scale is not None, BLOCKS=BLOCKS_PER_PROGRAM)
+    return out

@@ -1,0 +1,30 @@
+"""Triton kernel of noisefast_C::randn_out: the portable normal stream written to memory."""
+import torch
+import triton
+import triton.language as tl
+
+from .philox import interleave4, normal4
+
+BLOCKS_PER_PROGRAM = 256  # Philox blocks per program: 1024 elements
+
+
+@triton.jit
+def _randn_kernel(out_ptr, seed_ptr, n, stream, offset, BLOCKS: tl.constexpr):
+    seed = tl.load(seed_ptr)
+    first_block = offset // 4
+    q = first_block + tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)
+    z0, z1, z2, z3 = normal4(seed, stream, q)
+    # Element j of the stream goes to out[j - offset]; the first block may start before offset.
+    j = first_block * 4 + tl.program_id(0).to(tl.int64) * (4 * BLOCKS) + tl.arange(0, 4 * BLOCKS)
+    i = j - offset
+    z = interleave4(z0, z1, z2, z3)
+    tl.store(out_ptr + i, z.to(out_ptr.dtype.element_ty), mask=(i >= 0) & (i < n))
+
+
+def randn_out(out: torch.Tensor, seed: torch.Tensor, stream: int, offset: int) -> None:
+    n = out.numel()
+    if n == 0:
+        return
+    num_blocks = (offset + n - 1) // 4 + 1 - offset // 4
+    grid = (triton.cdiv(num_blocks, BLOCKS_PER_PROGRAM),)
+    _randn_kernel[grid](out, seed, n, stream, offset, BLOCKS=BLOCKS_PER_PROGRAM)
