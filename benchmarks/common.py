@@ -41,14 +41,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-_COMPILED: Dict[tuple, tuple] = {}
+_COMPILED: Dict[tuple, Callable] = {}
 
 
 def compiled(fn: Callable, key: tuple) -> Callable:
-    """torch.compile(fn), cached per key; the first call's time is recorded as compile time."""
+    """torch.compile(fn), cached per key (compile once per op and configuration)."""
     if key not in _COMPILED:
-        _COMPILED[key] = (torch.compile(fn), None)
-    return _COMPILED[key][0]
+        _COMPILED[key] = torch.compile(fn)
+    return _COMPILED[key]
 
 
 def measure(benchmark, fn: Callable[[], object], *, op: str, provider: str, numel: int, dtype: torch.dtype,

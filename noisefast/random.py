@@ -17,6 +17,12 @@ from .ops.randn import randn_out
 
 SEED_BOUND = 2 ** 63 - 1  # seeds are drawn from [0, 2^63 - 1)
 
+# Stream numbers: independent draws inside one op call share its seed and differ by stream.
+STREAM_NOISE = 0         # the main noise z (gaussian_noise, consistency pairs, diffusion eps)
+STREAM_PERTURBATION = 1  # DDPM-IP input perturbation xi
+STREAM_OFFSET = 2        # offset noise o, one value per (sample, channel)
+STREAM_LEVELS = 3        # uniforms that pick noise levels (inverse CDF), one per sample
+
 
 def draw_seed(device: Union[torch.device, str], generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """A fresh seed for one op call: an int64 tensor of shape [1] on ``device``.

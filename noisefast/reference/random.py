@@ -100,6 +100,19 @@ def normal_stream(numel: int, seed: int, stream: int = 0, offset: int = 0,
     return normals[start:start + numel]
 
 
+def uniform_stream(numel: int, seed: int, stream: int = 0, offset: int = 0, device=None) -> torch.Tensor:
+    """Elements ``offset .. offset + numel - 1`` of the uniform stream: u_j = uniform_open01 of
+    Philox word j % 4 of block j // 4 (the words the normal stream turns into normals), float32."""
+    if numel == 0:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    first = offset // NORMALS_PER_BLOCK
+    last = (offset + numel - 1) // NORMALS_PER_BLOCK
+    blocks = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+    words = torch.stack(philox_words(seed, stream, blocks), dim=-1).reshape(-1)
+    start = offset - first * NORMALS_PER_BLOCK
+    return uniform_open01(words[start:start + numel])
+
+
 def randn_out(out: torch.Tensor, seed: torch.Tensor, stream: int, offset: int) -> None:
     """Kernel-level reference of ``noisefast_C::randn_out``: fills ``out`` in place."""
     z = normal_stream(out.numel(), int(seed.reshape(()).item()), stream, offset, device=out.device)
