@@ -30,3 +30,25 @@ def randn_out(out: torch.Tensor, seed: torch.Tensor, stream: int, offset: int) -
 @randn_out.register_fake
 def _(out, seed, stream, offset):
     return None
+
+
+WORD_KERNELS = Kernels(
+    "philox_words",
+    reference="noisefast.reference.random:philox_words_out",
+    compiled="philox_words_out",
+    triton="noisefast.triton.randn:philox_words_out",
+    gpu_preference=("triton",),
+)
+
+
+@torch.library.custom_op("noisefast::philox_words_out", mutates_args=("out",))
+def philox_words_out(out: torch.Tensor, seed: torch.Tensor, stream: int, first_block: int) -> None:
+    """Fill int64 ``out`` [rows, 4] with the Philox words of blocks first_block.. (for tests)."""
+    if out.dtype != torch.int64 or out.dim() != 2 or out.shape[1] != 4 or not out.is_contiguous():
+        raise ValueError("philox_words_out: out must be a contiguous int64 tensor of shape [rows, 4]")
+    WORD_KERNELS(out.device, out, seed, stream, first_block)
+
+
+@philox_words_out.register_fake
+def _(out, seed, stream, first_block):
+    return None

@@ -113,6 +113,12 @@ def uniform_stream(numel: int, seed: int, stream: int = 0, offset: int = 0, devi
     return uniform_open01(words[start:start + numel])
 
 
+def philox_words_out(out: torch.Tensor, seed: torch.Tensor, stream: int, first_block: int) -> None:
+    """Kernel-level reference of ``noisefast_C::philox_words_out``: int64 [rows, 4] words."""
+    blocks = torch.arange(first_block, first_block + out.shape[0], dtype=torch.int64, device=out.device)
+    out.copy_(torch.stack(philox_words(int(seed.reshape(()).item()), stream, blocks), dim=-1))
+
+
 def randn_out(out: torch.Tensor, seed: torch.Tensor, stream: int, offset: int) -> None:
     """Kernel-level reference of ``noisefast_C::randn_out``: fills ``out`` in place."""
     z = normal_stream(out.numel(), int(seed.reshape(()).item()), stream, offset, device=out.device)

@@ -3,6 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .interpreter import finish_output, kernel_output
 from .philox import interleave4, normal4
 
 BLOCKS_PER_PROGRAM = 256  # Philox blocks per program: 1024 elements
@@ -19,7 +20,7 @@ def _gaussian_noise_kernel(x_ptr, out_ptr, seed_ptr, n, std, scale_ptr, period, 
     # Math in float32 (float64 for float64 data), whatever the storage dtype.
     acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     x = tl.load(x_ptr + i, mask=mask, other=0.0).to(acc_ty)
-    sigma = std.to(acc_ty)  # a float32 kernel argument
+    sigma = tl.to_tensor(std).to(acc_ty)  # a float32 kernel argument (a Python float in the interpreter)
     if HAS_SCALE:
         sigma = sigma * tl.load(scale_ptr + (i // inner) % period, mask=mask, other=0.0).to(acc_ty)
     out = x + sigma * interleave4(z0, z1, z2, z3).to(acc_ty)
@@ -40,8 +41,9 @@ def gaussian_noise(x: torch.Tensor, seed: torch.Tensor, std: float, scale, inner
     elif scale is not None:
         scale = scale.to(torch.float32).contiguous()
     grid = (triton.cdiv(n, 4 * BLOCKS_PER_PROGRAM),)
+    written = kernel_output(out)
     _gaussian_noise_kernel[grid](
-        x, out, seed, n, std, scale if scale is not None else x,
+        x, written, seed, n, std, scale if scale is not None else x,
         scale.numel() if scale is not None else 1, inner,
         HAS_SCALE=scale is not None, BLOCKS=BLOCKS_PER_PROGRAM)
-    return out
+    return finish_output(out, written)

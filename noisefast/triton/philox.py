@@ -52,7 +52,7 @@ def philox_block(seed, stream, q):
     c0 = q.to(tl.uint32)
     c1 = (q >> 32).to(tl.uint32)
     zero = c0 * 0
-    stream = stream.to(tl.int64)
+    stream = tl.to_tensor(stream).to(tl.int64)  # a literal, a constexpr or a scalar argument
     c2 = zero + (stream & 0xFFFFFFFF).to(tl.uint32)
     c3 = zero + (stream >> 32).to(tl.uint32)
     return tl.philox(seed, c0, c1, c2, c3)

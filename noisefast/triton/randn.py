@@ -3,7 +3,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox import interleave4, normal4
+from .interpreter import finish_output, kernel_output
+from .philox import interleave4, normal4, philox_block
 
 BLOCKS_PER_PROGRAM = 256  # Philox blocks per program: 1024 elements
 
@@ -27,4 +28,24 @@ def randn_out(out: torch.Tensor, seed: torch.Tensor, stream: int, offset: int) -
         return
     num_blocks = (offset + n - 1) // 4 + 1 - offset // 4
     grid = (triton.cdiv(num_blocks, BLOCKS_PER_PROGRAM),)
-    _randn_kernel[grid](out, seed, n, stream, offset, BLOCKS=BLOCKS_PER_PROGRAM)
+    written = kernel_output(out)
+    _randn_kernel[grid](written, seed, n, stream, offset, BLOCKS=BLOCKS_PER_PROGRAM)
+    finish_output(out, written)
+
+
+@triton.jit
+def _philox_words_kernel(out_ptr, seed_ptr, rows, stream, first_block, BLOCKS: tl.constexpr):
+    seed = tl.load(seed_ptr)
+    r = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)
+    w0, w1, w2, w3 = philox_block(seed, stream, first_block + r)
+    words = interleave4(w0.to(tl.int64), w1.to(tl.int64), w2.to(tl.int64), w3.to(tl.int64))
+    i = tl.program_id(0).to(tl.int64) * (4 * BLOCKS) + tl.arange(0, 4 * BLOCKS)
+    tl.store(out_ptr + i, words, mask=i < 4 * rows)
+
+
+def philox_words_out(out: torch.Tensor, seed: torch.Tensor, stream: int, first_block: int) -> None:
+    rows = out.shape[0]
+    if rows == 0:
+        return
+    grid = (triton.cdiv(rows, BLOCKS_PER_PROGRAM),)
+    _philox_words_kernel[grid](out, seed, rows, stream, first_block, BLOCKS=BLOCKS_PER_PROGRAM)

@@ -1,0 +1,73 @@
+"""Backend selection, forced backends, and the fallback when the compiled extension is missing."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import noisefast
+from noisefast import _library
+
+
+def test_backends_report():
+    available = noisefast.backends()
+    assert set(available) == {"reference", "cpu", "cuda", "triton"}
+    assert available["reference"] is True
+    assert available["cpu"] is True, f"the extension should be built for the tests: {_library.extension_error()}"
+    assert available["cuda"] == (torch.cuda.is_available() and _library.has_cuda_kernels())
+
+
+def test_cpu_tensors_default_to_the_cpu_kernel():
+    assert noisefast.ops.gaussian_noise.KERNELS.backend_for(torch.device("cpu")) == "cpu"
+
+
+def test_use_backend_validates_its_name():
+    with pytest.raises(ValueError, match="name"):
+        with noisefast.use_backend("gpu"):
+            pass
+
+
+def test_forced_backend_that_cannot_serve_the_device_raises():
+    with noisefast.use_backend("cuda"):
+        with pytest.raises(RuntimeError, match="cuda"):
+            noisefast.gaussian_noise(torch.zeros(3), 1.0)
+
+
+def test_forced_backend_is_scoped_and_restored():
+    with noisefast.use_backend("reference"):
+        assert _library.forced_backend() == "reference"
+        with noisefast.use_backend("cpu"):
+            assert _library.forced_backend() == "cpu"
+        assert _library.forced_backend() == "reference"
+    assert _library.forced_backend() is None
+
+
+def test_forcing_a_kernel_an_op_does_not_have():
+    # philox_words has no CUDA C++ kernel
+    kernels = noisefast.ops.randn.WORD_KERNELS
+    with noisefast.use_backend("cuda"):
+        with pytest.raises(RuntimeError, match="no 'cuda' kernel"):
+            kernels.backend_for(torch.device("cuda"))
+
+
+def test_without_the_extension_noisefast_falls_back_and_warns_once():
+    script = textwrap.dedent("""
+        import sys, warnings
+        sys.modules["noisefast._C"] = None  # make `from noisefast import _C` fail
+        import torch, noisefast
+        from noisefast.reference.random import normal_stream
+        assert noisefast.backends()["cpu"] is False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            z = noisefast.randn(10, seed=3)
+            noisefast.randn(10, seed=4)
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1, messages
+        assert "reference" in messages[0] and "pip install --no-build-isolation" in messages[0], messages[0]
+        assert torch.equal(z, normal_stream(10, 3))
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
