@@ -53,7 +53,8 @@ def _extensions():
     debug = _flag("NOISEFAST_DEBUG")
     level = ["-g"] if debug else ["-g0", "-O3"]
     # No -std: torch.utils.cpp_extension picks the standard its headers need (C++20 for torch 2.14).
-    cxx_flags = level + ["-fvisibility=hidden"]
+    # -fno-math-errno lets loops calling sqrt vectorise (see csrc/cpu/normal_stream_cpu.h).
+    cxx_flags = level + ["-fvisibility=hidden", "-fno-math-errno"]
     include_dirs = [os.path.join(HERE, "csrc", "include")]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 

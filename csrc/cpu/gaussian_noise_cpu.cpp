@@ -26,8 +26,12 @@ at::Tensor gaussian_noise_cpu(const at::Tensor& x_in, const at::Tensor& seed, do
     scalar_t* out_data = out.data_ptr<scalar_t>();
     const opmath_t std_value = static_cast<opmath_t>(std);
     if (!scale_in.has_value()) {
-      cpu::for_each_normal(x.numel(), seed_value, 0, 0, [=](int64_t i, float z) {
-        out_data[i] = static_cast<scalar_t>(static_cast<opmath_t>(x_data[i]) + std_value * static_cast<opmath_t>(z));
+      cpu::for_each_normal_chunk(x.numel(), seed_value, 0, 0, [=](int64_t i0, int64_t count, const float* z) {
+        const scalar_t* src = x_data + i0;
+        scalar_t* dst = out_data + i0;
+        for (int64_t t = 0; t < count; ++t) {
+          dst[t] = static_cast<scalar_t>(static_cast<opmath_t>(src[t]) + std_value * static_cast<opmath_t>(z[t]));
+        }
       });
       return;
     }

@@ -17,9 +17,11 @@ void randn_out_cpu(at::Tensor& out, const at::Tensor& seed, int64_t stream, int6
   const uint64_t seed_value = read_seed_on_cpu(seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "randn_out_cpu", [&] {
     scalar_t* data = out.data_ptr<scalar_t>();
-    cpu::for_each_normal(out.numel(), seed_value, static_cast<uint64_t>(stream),
-                         static_cast<uint64_t>(offset),
-                         [data](int64_t i, float z) { data[i] = static_cast<scalar_t>(z); });
+    cpu::for_each_normal_chunk(out.numel(), seed_value, static_cast<uint64_t>(stream),
+                               static_cast<uint64_t>(offset), [data](int64_t i0, int64_t count, const float* z) {
+                                 scalar_t* dst = data + i0;
+                                 for (int64_t t = 0; t < count; ++t) dst[t] = static_cast<scalar_t>(z[t]);
+                               });
   });
 }
 

@@ -51,21 +51,28 @@ NF_HOST_DEVICE uint32_t mul_hi_u32(uint32_t a, uint32_t b) {
 #endif
 }
 
-// Philox4x32 with ten rounds on counter (c0..c3) and key (k0, k1).
+// One Philox round on counter (c0..c3) with key (k0, k1), in place.
+NF_HOST_DEVICE void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0,
+                                 uint32_t k1) {
+  const uint32_t hi_a = mul_hi_u32(kPhiloxRoundA, c0);
+  const uint32_t lo_a = kPhiloxRoundA * c0;
+  const uint32_t hi_b = mul_hi_u32(kPhiloxRoundB, c2);
+  const uint32_t lo_b = kPhiloxRoundB * c2;
+  c0 = hi_b ^ c1 ^ k0;
+  c1 = lo_b;
+  c2 = hi_a ^ c3 ^ k1;
+  c3 = lo_a;
+}
+
+// Philox4x32 with ten rounds on counter (c0..c3) and key (k0, k1); the key is raised by
+// (kPhiloxKeyA, kPhiloxKeyB) after each round.
 NF_HOST_DEVICE PhiloxWords philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                          uint32_t k0, uint32_t k1) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int round = 0; round < kPhiloxRounds; ++round) {
-    const uint32_t hi_a = mul_hi_u32(kPhiloxRoundA, c0);
-    const uint32_t lo_a = kPhiloxRoundA * c0;
-    const uint32_t hi_b = mul_hi_u32(kPhiloxRoundB, c2);
-    const uint32_t lo_b = kPhiloxRoundB * c2;
-    c0 = hi_b ^ c1 ^ k0;
-    c1 = lo_b;
-    c2 = hi_a ^ c3 ^ k1;
-    c3 = lo_a;
+    philox_round(c0, c1, c2, c3, k0, k1);
     k0 += kPhiloxKeyA;
     k1 += kPhiloxKeyB;
   }
@@ -80,9 +87,10 @@ NF_HOST_DEVICE PhiloxWords philox_block(uint64_t seed, uint64_t stream, uint64_t
 }
 
 // u = ((w >> 9) * 2 + 1) * 2^-24: the 23 high bits of w, centred in their bin. The integer is
-// below 2^24, so the conversion and the power-of-two scaling are exact.
+// below 2^24, so the conversion and the power-of-two scaling are exact. (Converting through int32
+// gives the same value and lets CPU loops vectorise: x86 has no unsigned-to-float instruction.)
 NF_HOST_DEVICE float uniform_open01(uint32_t w) {
-  return static_cast<float>(((w >> 9) << 1) | 1u) * 5.9604644775390625e-08f;  // 2^-24
+  return static_cast<float>(static_cast<int32_t>(((w >> 9) << 1) | 1u)) * 5.9604644775390625e-08f;  // 2^-24
 }
 
 NF_HOST_DEVICE float box_muller_radius(float u) {

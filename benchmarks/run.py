@@ -1,0 +1,190 @@
+"""`make bench`: run every benchmark on this machine's device and write the report.
+
+    python -m benchmarks.run [-k EXPR] [--out DIR]
+
+Writes benchmarks/results/<device>/: results.json (pytest-benchmark), report.md (a table per op:
+time of each provider, noisefast's speed-up over eager and torch.compile, achieved GB/s of the
+bytes the op must move and % of the copy bandwidth measured in the same run), throughput.png, and
+copy_bandwidth.json. When $OUT is set the directory is copied there too (for GPU runs).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import torch
+
+from .common import bench_device, device_name, synchronize
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def measure_copy_bandwidth(device: torch.device) -> float:
+    """Bytes/s of a large device-to-device copy (bytes read + written), best of several."""
+    numel = (1 << 28) if device.type == "cuda" else (1 << 25)  # 1 GiB on GPU, 128 MiB on CPU
+    src = torch.empty(numel, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    synchronize(device)
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def load_rows(results_json: str):
+    with open(results_json) as f:
+        data = json.load(f)
+    rows = []
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if "op" not in info:
+            continue
+        variant = {k: v for k, v in info.items()
+                   if k not in ("op", "provider", "numel", "dtype", "bytes", "device", "compile_s")}
+        rows.append(dict(op=info["op"], provider=info["provider"], numel=info["numel"], dtype=info["dtype"],
+                         bytes=info["bytes"], variant=", ".join(f"{k}={v}" for k, v in sorted(variant.items())),
+                         median_s=b["stats"]["median"], compile_s=info.get("compile_s")))
+    return rows
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def render_report(rows, *, device: str, copy_bw: float, commit: str, date: str) -> str:
+    lines = [f"# noisefast benchmarks on {device}", "",
+             f"Date {date}, commit {commit}. Copy bandwidth measured in the same run: "
+             f"{copy_bw / 1e9:.1f} GB/s (bytes read + written).", "",
+             "Times are medians. Speed-up = provider time / noisefast time. GB/s counts the bytes the op "
+             "must move (inputs read once, outputs written once) over noisefast's time.", ""]
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["op"], {}).setdefault((r["variant"], r["dtype"], r["numel"]), {})[r["provider"]] = r
+    for op, cases in sorted(groups.items()):
+        lines += [f"## {op}", "",
+                  "| case | dtype | elements | eager | torch.compile | noisefast | vs eager | vs compile | GB/s | % of copy |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for (variant, dtype, numel), by in sorted(cases.items()):
+            nf = by.get("noisefast")
+            eager, comp = by.get("eager"), by.get("compile")
+
+            def cell(r):
+                return fmt_time(r["median_s"]) if r else "-"
+
+            def ratio(r):
+                return f"{r['median_s'] / nf['median_s']:.2f}x" if (r and nf) else "-"
+
+            gbs = nf["bytes"] / nf["median_s"] / 1e9 if nf else None
+            lines.append(f"| {variant or '-'} | {dtype} | {numel:,} | {cell(eager)} | {cell(comp)} | {cell(nf)} | "
+                         f"{ratio(eager)} | {ratio(comp)} | {gbs:.1f} | {100 * gbs * 1e9 / copy_bw:.0f}% |"
+                         if nf else
+                         f"| {variant or '-'} | {dtype} | {numel:,} | {cell(eager)} | {cell(comp)} | - | - | - | - | - |")
+        compile_times = sorted({r["compile_s"] for r in rows if r["op"] == op and r.get("compile_s")})
+        if compile_times:
+            lines += ["", f"torch.compile's first call (compile time, not counted above): "
+                          f"{min(compile_times):.1f} to {max(compile_times):.1f} s."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_throughput(rows, path: str, device: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no throughput plot", file=sys.stderr)
+        return
+    ops = sorted({r["op"] for r in rows})
+    cols = min(3, len(ops)) or 1
+    nrows = (len(ops) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    for ax, op in zip(axes.flat, ops):
+        for provider, style in (("eager", "o--"), ("compile", "s-."), ("noisefast", "^-")):
+            pts = sorted((r["numel"], r["bytes"] / r["median_s"] / 1e9) for r in rows
+                         if r["op"] == op and r["provider"] == provider and r["dtype"] in ("float32",)
+                         and not r["variant"] or (r["op"] == op and r["provider"] == provider
+                                                  and r["variant"].endswith("float32")))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=provider)
+        ax.set_xscale("log")
+        ax.set_title(op)
+        ax.set_xlabel("elements")
+        ax.set_ylabel("GB/s (bytes the op must move)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(ops):]:
+        ax.axis("off")
+    fig.suptitle(f"noisefast throughput, float32 cases, {device}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-k", default=None, help="pytest -k expression to run a subset")
+    parser.add_argument("--out", default=None, help="results directory (default benchmarks/results/<device>)")
+    args = parser.parse_args(argv)
+
+    device = bench_device()
+    name = device_name(device)
+    out_dir = args.out or os.path.join(HERE, "results", slug(name))
+    os.makedirs(out_dir, exist_ok=True)
+    copy_bw = measure_copy_bandwidth(device)
+    with open(os.path.join(out_dir, "copy_bandwidth.json"), "w") as f:
+        json.dump({"device": name, "bytes_per_s": copy_bw}, f, indent=1)
+    print(f"{name}: copy bandwidth {copy_bw / 1e9:.1f} GB/s", flush=True)
+
+    results_json = os.path.join(out_dir, "results.json")
+    cmd = [sys.executable, "-m", "pytest", HERE, "-q", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
+           "-o", "testpaths=benchmarks", f"--benchmark-json={results_json}", "--benchmark-disable-gc",
+           "--benchmark-columns=median,ops"]
+    if args.k:
+        cmd += ["-k", args.k]
+    status = subprocess.run(cmd, cwd=ROOT).returncode
+    if status not in (0, 1) or not os.path.exists(results_json):
+        print(f"benchmarks failed to run (pytest exit {status})", file=sys.stderr)
+        return status or 1
+
+    rows = load_rows(results_json)
+    date = datetime.date.today().isoformat()
+    report = render_report(rows, device=name, copy_bw=copy_bw, commit=git_commit(), date=date)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(report)
+    plot_throughput(rows, os.path.join(out_dir, "throughput.png"), name)
+    print(f"report written to {os.path.relpath(out_dir, ROOT)}/report.md")
+    if os.environ.get("OUT"):
+        dest = os.path.join(os.environ["OUT"], "benchmarks", slug(name))
+        shutil.copytree(out_dir, dest, dirs_exist_ok=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
