@@ -4,8 +4,10 @@
 
 Writes benchmarks/results/<device>/: results.json (pytest-benchmark), report.md (a table per op:
 time of each provider, noisefast's speed-up over eager and torch.compile, achieved GB/s of the
-bytes the op must move and % of the copy bandwidth measured in the same run), throughput.png, and
-copy_bandwidth.json. When $OUT is set the directory is copied there too (for GPU runs).
+bytes the op must move and % of the copy bandwidth measured in the same run), summary.md (the
+README's table), throughput.png, and copy_bandwidth.json (with device, date, commit). With
+--readme the summary replaces the README's benchmark table. When $OUT is set the directory is
+copied there too (for GPU runs).
 """
 from __future__ import annotations
 
@@ -113,7 +115,60 @@ def render_report(rows, *, device: str, copy_bw: float, commit: str, date: str) 
     return "\n".join(lines)
 
 
+def readme_summary(rows, *, device: str, copy_bw: float, commit: str, date: str) -> str:
+    """One line per (op, case, dtype) at the largest size measured: the README's benchmark table."""
+    largest = {}
+    for r in rows:
+        key = (r["op"], r["variant"], r["dtype"])
+        largest[key] = max(largest.get(key, 0), r["numel"])
+    lines = [f"Measured on {device}, {date}, commit {commit}; copy bandwidth {copy_bw / 1e9:.1f} GB/s "
+             f"(full tables: `benchmarks/results/{slug(device)}/report.md`).", "",
+             "| op | case | dtype | elements | vs eager | vs torch.compile | % of copy bandwidth |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for (op, variant, dtype), numel in sorted(largest.items()):
+        by = {r["provider"]: r for r in rows
+              if (r["op"], r["variant"], r["dtype"], r["numel"]) == (op, variant, dtype, numel)}
+        nf = by.get("noisefast")
+        if not nf:
+            continue
+        ratio = {p: (f"{by[p]['median_s'] / nf['median_s']:.2f}x" if p in by else "-") for p in ("eager", "compile")}
+        pct = 100 * nf["bytes"] / nf["median_s"] / copy_bw
+        lines.append(f"| {op} | {variant or '-'} | {dtype} | {numel:,} | {ratio['eager']} | {ratio['compile']} | {pct:.0f}% |")
+    return "\n".join(lines)
+
+
+def update_readme(summary: str) -> None:
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        text = f.read()
+    start, end = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+    if start not in text or end not in text:
+        raise SystemExit("README.md has no bench-table markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{start}\n{summary}\n{end}{tail}")
+
+
+def write_reports(out_dir: str, *, readme: bool) -> None:
+    """(Re)write report.md, summary.md and throughput.png from out_dir's results.json."""
+    with open(os.path.join(out_dir, "copy_bandwidth.json")) as f:
+        meta = json.load(f)
+    rows = load_rows(os.path.join(out_dir, "results.json"))
+    kwargs = dict(device=meta["device"], copy_bw=meta["bytes_per_s"], commit=meta.get("commit", "unknown"),
+                  date=meta.get("date", "unknown"))
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(render_report(rows, **kwargs))
+    summary = readme_summary(rows, **kwargs)
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(summary + "\n")
+    plot_throughput(rows, os.path.join(out_dir, "throughput.png"), meta["device"])
+    if readme:
+        update_readme(summary)
+
+
 def plot_throughput(rows, path: str, device: str) -> None:
+    """GB/s against size, one panel per op, one line per (provider, case), float32 rows only."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -121,27 +176,32 @@ def plot_throughput(rows, path: str, device: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no throughput plot", file=sys.stderr)
         return
+    rows = [r for r in rows if r["dtype"] == "float32"]
     ops = sorted({r["op"] for r in rows})
-    cols = min(3, len(ops)) or 1
+    if not ops:
+        return
+    cols = min(3, len(ops))
     nrows = (len(ops) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.8 * nrows), squeeze=False)
+    styles = {"eager": "o--", "compile": "s-.", "noisefast": "^-"}
     for ax, op in zip(axes.flat, ops):
-        for provider, style in (("eager", "o--"), ("compile", "s-."), ("noisefast", "^-")):
-            pts = sorted((r["numel"], r["bytes"] / r["median_s"] / 1e9) for r in rows
-                         if r["op"] == op and r["provider"] == provider and r["dtype"] in ("float32",)
-                         and not r["variant"] or (r["op"] == op and r["provider"] == provider
-                                                  and r["variant"].endswith("float32")))
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=provider)
+        lines = {}
+        for r in rows:
+            if r["op"] == op:
+                lines.setdefault((r["provider"], r["variant"]), []).append((r["numel"], r["bytes"] / r["median_s"] / 1e9))
+        for (provider, variant), pts in sorted(lines.items()):
+            pts.sort()
+            label = provider if not variant else f"{provider} ({variant})"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], styles.get(provider, "-"), label=label)
         ax.set_xscale("log")
         ax.set_title(op)
         ax.set_xlabel("elements")
-        ax.set_ylabel("GB/s (bytes the op must move)")
+        ax.set_ylabel("GB/s of the bytes the op must move")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(ops):]:
         ax.axis("off")
-    fig.suptitle(f"noisefast throughput, float32 cases, {device}")
+    fig.suptitle(f"noisefast throughput (float32), {device}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -151,7 +211,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-k", default=None, help="pytest -k expression to run a subset")
     parser.add_argument("--out", default=None, help="results directory (default benchmarks/results/<device>)")
+    parser.add_argument("--readme", action="store_true", help="also write the summary table into README.md")
+    parser.add_argument("--report-only", metavar="DIR", default=None,
+                        help="only re-render the reports (and with --readme the README table) from DIR's results")
     args = parser.parse_args(argv)
+    if args.report_only:
+        write_reports(args.report_only, readme=args.readme)
+        return 0
 
     device = bench_device()
     name = device_name(device)
@@ -159,7 +225,8 @@ def main(argv=None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     copy_bw = measure_copy_bandwidth(device)
     with open(os.path.join(out_dir, "copy_bandwidth.json"), "w") as f:
-        json.dump({"device": name, "bytes_per_s": copy_bw}, f, indent=1)
+        json.dump({"device": name, "bytes_per_s": copy_bw, "date": datetime.date.today().isoformat(),
+                   "commit": git_commit(), "torch": torch.__version__}, f, indent=1)
     print(f"{name}: copy bandwidth {copy_bw / 1e9:.1f} GB/s", flush=True)
 
     results_json = os.path.join(out_dir, "results.json")
@@ -173,12 +240,7 @@ def main(argv=None) -> int:
         print(f"benchmarks failed to run (pytest exit {status})", file=sys.stderr)
         return status or 1
 
-    rows = load_rows(results_json)
-    date = datetime.date.today().isoformat()
-    report = render_report(rows, device=name, copy_bw=copy_bw, commit=git_commit(), date=date)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(report)
-    plot_throughput(rows, os.path.join(out_dir, "throughput.png"), name)
+    write_reports(out_dir, readme=args.readme)
     print(f"report written to {os.path.relpath(out_dir, ROOT)}/report.md")
     if os.environ.get("OUT"):
         dest = os.path.join(os.environ["OUT"], "benchmarks", slug(name))
