@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import OrderedDict
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -358,69 +358,68 @@ class Curriculum:
         return self.num_levels(step)
 
 
-class ICTCurriculum(Curriculum):
+class _FormulaCurriculum(Curriculum):
+    """A curriculum given by one of the N(k) functions above, with K, s0 and s1 fixed."""
+
+    _formula: Callable[..., int]  # a staticmethod set by each subclass
+    _min_s0 = 1
+
+    def __init__(self, total_steps: int, s0: int, s1: int):
+        self.total_steps = _int_arg(total_steps, "total_steps", 1)
+        self.s0, self.s1 = _check_s0_s1(s0, s1, self._min_s0)
+
+    def num_levels(self, step: int) -> int:
+        return self._formula(step, self.total_steps, self.s0, self.s1)
+
+    @property
+    def max_levels(self) -> int:
+        return self.num_levels(self.total_steps)  # right for the curricula whose N(k) never decreases
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(total_steps={self.total_steps}, s0={self.s0}, s1={self.s1})"
+
+
+class ICTCurriculum(_FormulaCurriculum):
     """:func:`ict_num_levels` with ``total_steps`` fixed at construction."""
 
+    _formula = staticmethod(ict_num_levels)
+
     def __init__(self, total_steps: int, s0: int = 10, s1: int = 1280):
-        self.total_steps = _int_arg(total_steps, "total_steps", 1)
-        self.s0, self.s1 = _check_s0_s1(s0, s1, 1)
+        super().__init__(total_steps, s0, s1)
 
     @property
     def stage_length(self) -> int:
         """K', the number of steps per doubling (at least 1)."""
         return _ict_stage_length(self.total_steps, self.s0, self.s1)
 
-    def num_levels(self, step: int) -> int:
-        return ict_num_levels(step, self.total_steps, self.s0, self.s1)
 
-    @property
-    def max_levels(self) -> int:
-        return self.num_levels(self.total_steps)  # N(k) never decreases
-
-    def __repr__(self) -> str:
-        return f"ICTCurriculum(total_steps={self.total_steps}, s0={self.s0}, s1={self.s1})"
-
-
-class CTCurriculum(Curriculum):
+class CTCurriculum(_FormulaCurriculum):
     """:func:`ct_num_levels` with ``total_steps`` fixed at construction."""
 
+    _formula = staticmethod(ct_num_levels)
+    _min_s0 = 2
+
     def __init__(self, total_steps: int, s0: int = 2, s1: int = 150):
-        self.total_steps = _int_arg(total_steps, "total_steps", 1)
-        self.s0, self.s1 = _check_s0_s1(s0, s1, 2)
-
-    def num_levels(self, step: int) -> int:
-        return ct_num_levels(step, self.total_steps, self.s0, self.s1)
-
-    @property
-    def max_levels(self) -> int:
-        return self.num_levels(self.total_steps)  # N(k) never decreases
-
-    def __repr__(self) -> str:
-        return f"CTCurriculum(total_steps={self.total_steps}, s0={self.s0}, s1={self.s1})"
+        super().__init__(total_steps, s0, s1)
 
 
-class SinusoidalCurriculum(Curriculum):
+class SinusoidalCurriculum(_FormulaCurriculum):
     """:func:`sinusoidal_num_levels` with ``total_steps`` fixed at construction."""
 
+    _formula = staticmethod(sinusoidal_num_levels)
+    _min_s0 = 2
     # For K >= 48 the phase floor(10 pi (k/K)^1.5) grows by < 1 per step, so it takes every value
     # 0..31; for smaller K the reachable phases are found by walking the steps.
     _ALL_PHASES_FROM = 48
 
     def __init__(self, total_steps: int, s0: int = 20, s1: int = 250):
-        self.total_steps = _int_arg(total_steps, "total_steps", 1)
-        self.s0, self.s1 = _check_s0_s1(s0, s1, 2)
-
-    def num_levels(self, step: int) -> int:
-        return sinusoidal_num_levels(step, self.total_steps, self.s0, self.s1)
+        super().__init__(total_steps, s0, s1)
 
     @property
     def max_levels(self) -> int:
         if self.total_steps < self._ALL_PHASES_FROM:
             return max(self.num_levels(k) for k in range(self.total_steps + 1))
         return max(_sinusoidal_at(p, self.s0, self.s1) for p in range(math.floor(10 * math.pi) + 1))
-
-    def __repr__(self) -> str:
-        return f"SinusoidalCurriculum(total_steps={self.total_steps}, s0={self.s0}, s1={self.s1})"
 
 
 class ConstantCurriculum(Curriculum):
