@@ -1,0 +1,152 @@
+"""Figures of noisefast's schedules (matplotlib, optional: ``pip install noisefast[plot]``).
+
+Every function returns a ``matplotlib.figure.Figure`` (made without pyplot, so nothing global
+changes and no display is needed) and also writes it as a PNG when given ``path``. Functions that
+take ``ax`` draw into an existing Axes instead and return its Figure.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Sequence, Union
+
+from . import schedules as S
+
+_INSTALL_HINT = "noisefast.plot needs matplotlib: pip install noisefast[plot]"
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT) from exc
+    return Figure
+
+
+def _new_axes(ax, figsize):
+    if ax is not None:
+        return ax.figure, ax
+    fig = _figure_class()(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _save(fig, path: Optional[Union[str, os.PathLike]], dpi: int):
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=dpi, format="png")
+    return fig
+
+
+def default_level_distributions(batch_size: int = 256) -> dict:
+    """The distributions :func:`level_distributions` draws by default: label -> sampler."""
+    return {
+        "log-normal (iCT, P_mean=-1.1, P_std=2.0)": S.LogNormalLevels(),
+        "polynomial, curve 4, i.i.d.": S.PolynomialLevels(4.0, stratified=False),
+        f"polynomial, curve 4, stratified (batch {batch_size})": S.PolynomialLevels(4.0, stratified=True),
+        "uniform (original CT)": S.UniformLevels(),
+    }
+
+
+def level_distributions(n: int = 161, *, samplers: Optional[Mapping[str, S.LevelDistribution]] = None,
+                        batch_size: int = 256, sigmas=None, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                        rho: float = 7.0, log_prob: bool = True, ax=None, path=None, dpi: int = 150,
+                        title: Optional[str] = None):
+    """Probability of each level pair under several level distributions, on a log-sigma axis.
+
+    Each curve shows p(i), the probability that a training sample uses the pair
+    (sigma_i, sigma_{i+1}), plotted at sigma_i. Stratified samplers are shown by their marginal over
+    a batch of ``batch_size``.
+
+    Args:
+        n: number of Karras levels (ignored when ``sigmas`` is given).
+        samplers: label -> level distribution (default :func:`default_level_distributions`).
+        batch_size: batch size for the marginal of stratified samplers.
+        sigmas: an explicit ascending level vector instead of Karras levels.
+        sigma_min, sigma_max, rho: the Karras levels.
+        log_prob: logarithmic probability axis (the distributions span several decades).
+        ax: draw into this Axes instead of a new figure.
+        path: write a PNG there.
+
+    Returns:
+        The Figure.
+    """
+    fig, ax = _new_axes(ax, (7.5, 4.5))
+    if sigmas is None:
+        sigmas = S.karras_sigmas(n, sigma_min, sigma_max, rho, device="cpu")
+    sigmas = sigmas.detach().double().cpu()
+    samplers = default_level_distributions(batch_size) if samplers is None else samplers
+    x = sigmas[:-1].numpy()
+    for label, sampler in samplers.items():
+        probs = sampler.probs(sigmas, batch_size=None if sampler.iid else batch_size).numpy()
+        ax.plot(x, probs, marker="o", markersize=2.5, linewidth=1.4, label=label)
+    ax.set_xscale("log")
+    if log_prob:
+        ax.set_yscale("log")
+    ax.set_xlabel(r"noise level $\sigma_i$ (smaller level of the pair $\sigma_i < \sigma_{i+1}$)")
+    ax.set_ylabel(r"probability of the pair $p(i)$")
+    if title is None:
+        title = f"Noise-level distributions over the {len(x)} pairs of N = {len(x) + 1} levels"
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.legend(fontsize="small", loc="best")
+    return _save(fig, path, dpi)
+
+
+def default_curricula(total_steps: int) -> dict:
+    """The curricula :func:`curriculum` draws by default: label -> curriculum."""
+    return {
+        "iCT exponential (s0=10, s1=1280)": S.ICTCurriculum(total_steps),
+        "sinusoidal (s0=20, s1=250)": S.SinusoidalCurriculum(total_steps),
+        "original CT (s0=2, s1=150)": S.CTCurriculum(total_steps),
+    }
+
+
+def curriculum(total_steps: int = 400_000, curricula: Optional[Union[Mapping[str, object], Sequence[str]]] = None,
+               *, num_points: int = 4000, log_levels: bool = True, ax=None, path=None, dpi: int = 150,
+               title: Optional[str] = None):
+    """The number of levels N(k) over training for one or more curricula.
+
+    Args:
+        total_steps: K, the training length.
+        curricula: label -> curriculum object, or a list of names accepted by
+            :func:`noisefast.schedules.make_curriculum` (default :func:`default_curricula`).
+        num_points: steps evaluated (evenly spaced, plus the last step), drawn as a step function.
+        log_levels: logarithmic N axis (base 2), which shows iCT's doublings as even steps.
+        ax: draw into this Axes instead of a new figure.
+        path: write a PNG there.
+
+    Returns:
+        The Figure.
+    """
+    total_steps = S._int_arg(total_steps, "total_steps", 1)
+    num_points = S._int_arg(num_points, "num_points", 2)
+    if curricula is None:
+        curricula = default_curricula(total_steps)
+    elif not isinstance(curricula, Mapping):
+        curricula = {name: S.make_curriculum(name, total_steps) for name in curricula}
+    fig, ax = _new_axes(ax, (7.5, 4.5))
+    count = min(num_points, total_steps + 1)
+    steps = sorted({round(j * total_steps / (count - 1)) for j in range(count)})
+    for label, cur in curricula.items():
+        ax.plot(steps, [cur.num_levels(k) for k in steps], drawstyle="steps-post", linewidth=1.8, label=label)
+    if log_levels:
+        from matplotlib.ticker import ScalarFormatter
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlim(0, total_steps)
+    if total_steps >= 10_000:
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+    ax.set_xlabel(f"training step k (of K = {total_steps:,})")
+    ax.set_ylabel("number of noise levels N(k)")
+    ax.set_title(title if title is not None else "Discretisation curricula: noise levels N over training")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.legend(fontsize="small", loc="best")
+    return _save(fig, path, dpi)
+
+
+def overview(path=None, *, n: int = 161, total_steps: int = 400_000, batch_size: int = 256, dpi: int = 150):
+    """:func:`level_distributions` and :func:`curriculum` side by side in one Figure."""
+    fig = _figure_class()(figsize=(14, 4.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    level_distributions(n, batch_size=batch_size, ax=left)
+    curriculum(total_steps, ax=right)
+    return _save(fig, path, dpi)
