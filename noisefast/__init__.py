@@ -2,10 +2,35 @@
 
 The public API; every name is defined in a submodule and re-exported here.
 """
+from . import plot, schedules
 from ._library import backends, use_backend
 from .ops.gaussian_noise import gaussian_noise
 from .random import randn
 from .regularizers import GaussianNoise
+from .schedules import (
+    ConstantCurriculum,
+    CTCurriculum,
+    ICTCurriculum,
+    KarrasLevels,
+    LaplaceLogSNR,
+    LogLogistic,
+    LogNormal,
+    LogNormalLevels,
+    LogUniform,
+    PolynomialLevels,
+    SinusoidalCurriculum,
+    UniformLevels,
+    VDiffusion,
+    ct_ema_decay,
+    ct_num_levels,
+    ect_r_from_t,
+    ict_num_levels,
+    index_from_cdf,
+    karras_sigmas,
+    lognormal_level_probs,
+    make_curriculum,
+    sinusoidal_num_levels,
+)
 
 __version__ = "0.1.0"
 
@@ -15,4 +40,29 @@ __all__ = [
     "randn",
     "gaussian_noise",
     "GaussianNoise",
+    # noise levels, level distributions, curricula
+    "karras_sigmas",
+    "KarrasLevels",
+    "ict_num_levels",
+    "ct_num_levels",
+    "sinusoidal_num_levels",
+    "ct_ema_decay",
+    "lognormal_level_probs",
+    "index_from_cdf",
+    "LogNormalLevels",
+    "PolynomialLevels",
+    "UniformLevels",
+    "LogNormal",
+    "LogUniform",
+    "LogLogistic",
+    "VDiffusion",
+    "LaplaceLogSNR",
+    "ect_r_from_t",
+    "ICTCurriculum",
+    "CTCurriculum",
+    "SinusoidalCurriculum",
+    "ConstantCurriculum",
+    "make_curriculum",
+    "plot",
+    "schedules",
 ]
