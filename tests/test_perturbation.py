@@ -382,3 +382,46 @@ def test_compile_fullgraph_cpu():
     assert_close((x_next - x) / sigma_next.view(view), (x_cur - x) / sigma.view(view), rtol=1e-4, atol=1e-4,
                  what="compiled: one z")
     assert noisy.shape == x.shape and not torch.equal(noisy, 0.5 * x)
+
+
+# ---- on a GPU -------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 7, 11), (4, 3, 64, 64), (1000, 17)])
+def test_cuda_kernels_match_reference(dtype, shape):
+    x = data(shape, dtype).cuda()
+    batch, channels = shape[0], shape[1]
+    acc = opmath(dtype)
+    sigma = per_sample(batch, acc).cuda()
+    sigma_next = per_sample(batch, acc, low=2.0, high=80.0, seed=2).cuda()
+    seed = seed_tensor().cuda()
+    rtol, atol = tol(dtype)
+    inner = x.numel() // batch
+    for offset in OFFSETS:
+        out = consistency_pair_op(x, seed, sigma, sigma_next, inner, offset)
+        ref = R.consistency_pair(x, seed, sigma, sigma_next, inner, offset)
+        for a, e in zip(out, ref):
+            assert_close(a, e, rtol=rtol, atol=atol, what=f"cuda consistency_pair offset={offset}")
+    args = (sigma / 100, sigma, 0.1, 0.2, inner, x.numel() // (batch * channels), 3)
+    for a, e in zip(add_noise_op(x, seed, *args), R.add_noise(x, seed, *args)):
+        assert_close(a, e, rtol=rtol, atol=atol, what="cuda add_noise")
+    sigmas = torch.linspace(0.002, 80.0, 41, dtype=torch.float64, device="cuda")
+    cdf = torch.linspace(0.0, 1.0, 41, dtype=torch.float64, device="cuda")[1:] ** 0.5
+    out = sampled_consistency_pair_op(x, seed, sigmas, cdf, 0)
+    ref = R.sampled_consistency_pair(x, seed, sigmas, cdf, 0)
+    assert torch.equal(out[5], ref[5]) and torch.equal(out[4], ref[4])
+    assert_close(out[0], ref[0], rtol=rtol, atol=max(atol, 1e-5), what="cuda sampled pair")
+
+
+@pytest.mark.cuda
+def test_cuda_past_2_pow_31_elements():
+    """Element indices beyond int32: the last elements of a 2^31 + 5 element tensor."""
+    n = 2 ** 31 + 5
+    x = torch.zeros(n, dtype=torch.float16, device="cuda")
+    one = torch.ones(1, device="cuda")
+    seed = seed_tensor().cuda()
+    z, _ = consistency_pair_op(x, seed, one, one, n, 0)
+    del x
+    tail = normal_stream(1000, SEED, STREAM_NOISE, n - 1000, device="cuda")
+    assert_close(z[-1000:], tail.half(), rtol=2 ** -10, atol=1e-3, what="tail past 2^31")
