@@ -150,5 +150,5 @@ def sampled_consistency_pair_eager(x: torch.Tensor, sigmas: torch.Tensor, probs:
     gather the two levels, then :func:`consistency_pair_eager`. Returns the same six values."""
     index = torch.multinomial(probs, x.shape[0], replacement=True)
     sigma, sigma_next = sigmas[index], sigmas[index + 1]
-    x_cur, x_next = consistency_pair_eager(x, sigma.to(torch.float32), sigma_next.to(torch.float32))
+    x_cur, x_next = consistency_pair_eager(x, sigma.to(x.dtype), sigma_next.to(x.dtype))
     return x_cur, x_next, sigma, sigma_next, 1.0 / (sigma_next - sigma), index

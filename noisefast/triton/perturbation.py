@@ -132,16 +132,18 @@ def _sampled_pair_kernel(x_ptr, cur_ptr, next_ptr, seed_ptr, sigmas_ptr, cdf_ptr
                          sigma_ptr, sigma_next_ptr, weight_ptr, index_ptr, n, batch, inner, offset,
                          WIDE: tl.constexpr, STEPS: tl.constexpr, BLOCKS: tl.constexpr, SAMPLES: tl.constexpr):
     seed = tl.load(seed_ptr)
-    # The per-sample outputs of samples pid * SAMPLES ...
-    b = tl.program_id(0).to(tl.int64) * SAMPLES + tl.arange(0, SAMPLES)
-    bmask = b < batch
-    index = level_index(seed, _LEVELS, b, cdf_ptr, m, STEPS)
-    lo = tl.load(sigmas_ptr + index)  # float64; index is in [0, m - 1] for every lane
-    hi = tl.load(sigmas_ptr + index + 1)
-    tl.store(sigma_ptr + b, lo.to(tl.float32), mask=bmask)
-    tl.store(sigma_next_ptr + b, hi.to(tl.float32), mask=bmask)
-    tl.store(weight_ptr + b, (1.0 / (hi - lo)).to(tl.float32), mask=bmask)
-    tl.store(index_ptr + b, index, mask=bmask)
+    # The per-sample outputs of samples pid * SAMPLES ... (only the first programs have any) ...
+    first_sample = tl.program_id(0).to(tl.int64) * SAMPLES
+    if first_sample < batch:
+        b = first_sample + tl.arange(0, SAMPLES)
+        bmask = b < batch
+        index = level_index(seed, _LEVELS, b, cdf_ptr, m, STEPS)
+        lo = tl.load(sigmas_ptr + index)  # float64; index is in [0, m - 1] for every lane
+        hi = tl.load(sigmas_ptr + index + 1)
+        tl.store(sigma_ptr + b, lo.to(tl.float32), mask=bmask)
+        tl.store(sigma_next_ptr + b, hi.to(tl.float32), mask=bmask)
+        tl.store(weight_ptr + b, (1.0 / (hi - lo)).to(tl.float32), mask=bmask)
+        tl.store(index_ptr + b, index, mask=bmask)
     # ... and the elements of the program, each with its sample's level (recomputed, not read back:
     # one launch, no ordering between programs).
     q, i, i_first = _positions(offset, BLOCKS)
