@@ -6,7 +6,6 @@ import pytest
 import torch
 from scipy import stats
 
-import noisefast
 from noisefast.consistency import ConsistencyBatch, ConsistencyNoise
 from noisefast.ops.perturbation import consistency_pair
 from noisefast.random import draw_seed

@@ -21,7 +21,7 @@ import torch
 
 from .._library import Kernels
 from ..random import STREAM_NOISE, draw_seed
-from ._checks import check_float_tensor, check_nonnegative_number, values_checkable
+from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values, values_checkable
 from .randn import randn_out
 
 Scalar = Union[float, torch.Tensor]
@@ -43,21 +43,18 @@ ADD_NOISE_KERNELS = Kernels(
 )
 
 
-def check_values(t: torch.Tensor, name: str, *, nonnegative: bool) -> None:
-    """ValueError if ``t`` holds a non-finite (or, with ``nonnegative``, a negative) value.
+def check_finite_values(t: torch.Tensor, name: str) -> None:
+    """ValueError if ``t`` holds NaN or an infinity (any sign is fine: alpha may be negative).
 
-    Reads t on the host; called inside the ops' implementations (where values exist under
-    torch.compile), skipped during CUDA-graph capture.
+    Like _checks.check_nonnegative_values, called inside the ops' implementations and skipped
+    during CUDA-graph capture.
     """
     if t.numel() == 0 or not values_checkable(t):
         return
     bad = ~torch.isfinite(t)
-    if nonnegative:
-        bad |= t < 0
     if bool(bad.any()):
         first = t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]].item()
-        expected = "finite and >= 0" if nonnegative else "finite"
-        raise ValueError(f"{name} must be {expected} everywhere, found {first}")
+        raise ValueError(f"{name} must be finite everywhere, found {first}")
 
 
 def opmath_dtype(x: torch.Tensor) -> torch.dtype:
@@ -76,8 +73,8 @@ def _sum_per_sample(values: torch.Tensor, count: int, numel: int, dtype: torch.d
 @torch.library.custom_op("noisefast::consistency_pair", mutates_args=())
 def consistency_pair_op(x: torch.Tensor, seed: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
                         inner: int, offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    check_values(sigma, "sigma", nonnegative=True)
-    check_values(sigma_next, "sigma_next", nonnegative=True)
+    check_nonnegative_values(sigma, "sigma")
+    check_nonnegative_values(sigma_next, "sigma_next")
     return PAIR_KERNELS(x.device, x, seed, sigma, sigma_next, inner, offset)
 
 
@@ -123,8 +120,8 @@ consistency_pair_op.register_autograd(_pair_backward, setup_context=_pair_setup_
 def add_noise_op(x: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
                  input_perturbation: float, offset_noise: float, sample_inner: int, channel_inner: int,
                  offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    check_values(alpha, "alpha", nonnegative=False)
-    check_values(sigma, "sigma", nonnegative=True)
+    check_finite_values(alpha, "alpha")
+    check_nonnegative_values(sigma, "sigma")
     return ADD_NOISE_KERNELS(x.device, x, seed, alpha, sigma, input_perturbation, offset_noise,
                              sample_inner, channel_inner, offset)
 
