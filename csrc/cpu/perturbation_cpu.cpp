@@ -80,12 +80,12 @@ template <typename scalar_t, typename opmath_t>
 void consistency_pair_loop(const scalar_t* x, scalar_t* cur, scalar_t* next, int64_t n, uint64_t seed,
                            const opmath_t* sigma, const opmath_t* sigma_next, int64_t inner, uint64_t offset) {
   for_each_noise_chunk<1>(n, seed, {kStreamNoise}, offset, [&](int64_t i0, int64_t i1, const auto& z) {
-    const float* zi = z[0] - i0;  // zi[i]: the normal of element i
+    const float* zc = z[0];  // zc[i - i0]: the normal of element i
     for_each_run(i0, i1, inner, [&](int64_t begin, int64_t end, int64_t p) {
       const opmath_t s0 = sigma[p], s1 = sigma_next[p];
       for (int64_t i = begin; i < end; ++i) {
         const opmath_t xv = static_cast<opmath_t>(x[i]);
-        const opmath_t zv = static_cast<opmath_t>(zi[i]);
+        const opmath_t zv = static_cast<opmath_t>(zc[i - i0]);
         cur[i] = static_cast<scalar_t>(xv + s0 * zv);
         next[i] = static_cast<scalar_t>(xv + s1 * zv);
       }
@@ -156,8 +156,8 @@ void add_noise_loop(const scalar_t* x, scalar_t* noisy, scalar_t* target, int64_
   streams[0] = kStreamNoise;
   if constexpr (kPerturb) streams[1] = kStreamPerturbation;
   for_each_noise_chunk<kStreams>(n, seed, streams, offset, [&](int64_t i0, int64_t i1, const auto& z) {
-    const float* zi = z[0] - i0;
-    const float* xii = z[kStreams - 1] - i0;  // the perturbation normals when kPerturb
+    const float* zc = z[0];
+    const float* xic = z[kStreams - 1];  // the perturbation normals when kPerturb
     // Runs of one (sample, channel) row when there is offset noise, else of one sample; rows nest
     // in samples (sample_inner = C * channel_inner, or numel for scalar alpha and sigma).
     const int64_t run_inner = offsets == nullptr ? sample_inner : channel_inner;
@@ -167,9 +167,9 @@ void add_noise_loop(const scalar_t* x, scalar_t* noisy, scalar_t* target, int64_
       // z + 0 == z exactly, so no offset noise needs no branch in the loop.
       const opmath_t shift = offsets == nullptr ? opmath_t(0) : offset_scale * static_cast<opmath_t>(offsets[row]);
       for (int64_t i = begin; i < end; ++i) {
-        const opmath_t eps = static_cast<opmath_t>(zi[i]) + shift;
+        const opmath_t eps = static_cast<opmath_t>(zc[i - i0]) + shift;
         opmath_t noise = eps;
-        if constexpr (kPerturb) noise = eps + gamma * static_cast<opmath_t>(xii[i]);
+        if constexpr (kPerturb) noise = eps + gamma * static_cast<opmath_t>(xic[i - i0]);
         noisy[i] = static_cast<scalar_t>(a * static_cast<opmath_t>(x[i]) + s * noise);
         target[i] = static_cast<scalar_t>(eps);
       }
