@@ -38,7 +38,6 @@ constexpr int kChunkBlocks = 64;  // 256 normals: the working set stays in L1
 
 namespace detail {
 
-
 NF_CPU_ALWAYS_INLINE uint32_t float_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
