@@ -638,11 +638,14 @@ class UniformLevels(LevelDistribution):
 class PolynomialLevels(LevelDistribution):
     """The polynomial level distribution of Gokmen et al. 2024 ("High Noise Scheduling is a Must").
 
-    Stratified (``stratified=True``, the author's code as described in formulas.md section 4):
-    for batch position b = 0..B-1, with t_b = (b/(B-1))^curve * (N-2) and n_b ~ Normal(N^(1/5), 1),
-    idx_b = trunc(t_b + n_b); if that falls outside [0, N-2], idx_b = trunc(t_b) = floor(t_b)
-    instead; the batch is then sorted. B = 1 uses t_0 = 0. The indices of one batch are independent
-    but not identically distributed, so this sampler is not ``iid`` (not fusable).
+    Stratified (``stratified=True``, the first author's public code, mselmangokmen/
+    consistency-model-unofficial, run_new_tech_train_step.py, commits fbdb31f and 9e604e9): for batch
+    position b = 0..B-1, with t_b = (b/(B-1))^curve * (N-2) and x_b = t_b + n_b,
+    n_b ~ Normal(N^(1/5), 1): idx_b = trunc(x_b) when 0 <= x_b < N-2 (the code's half-open test on
+    the real value), else idx_b = trunc(t_b) = floor(t_b); the batch is then sorted. B = 1 uses
+    t_0 = 0. The indices of one batch are independent but not identically distributed, so this
+    sampler is not ``iid`` (not fusable). With ascending levels (index 0 = sigma_min) and curve > 1
+    most of the mass is on the low sigmas, as in that code.
 
     i.i.d. (``stratified=False``): idx = floor(u^curve * (N-1)), u ~ U[0, 1), clamped to N-2. Its
     CDF is cdf[i] = ((i+1)/(N-1))^(1/curve): the same shape, drawable by inverse CDF in the fused
@@ -674,9 +677,9 @@ class PolynomialLevels(LevelDistribution):
 
         Stratified: the expected fraction of a batch of ``batch_size`` (required) that lands in
         interval i, i.e. (1/B) sum_b P(idx_b = i), exact: with x_b = t_b + n_b ~ Normal(mu_b, 1),
-        mu_b = t_b + N^(1/5), P(idx_b = i) = Phi(i+1-mu_b) - Phi(i-mu_b) for 1 <= i <= N-2,
-        Phi(1-mu_b) - Phi(-1-mu_b) for i = 0 (trunc maps (-1, 1) to 0), plus the fallback mass
-        Phi(-1-mu_b) + 1 - Phi(N-1-mu_b) at i = floor(t_b). Sorting does not change this.
+        mu_b = t_b + N^(1/5), P(idx_b = i) = Phi(i+1-mu_b) - Phi(i-mu_b) for 0 <= i <= N-3, plus
+        the fallback mass Phi(-mu_b) + 1 - Phi(N-2-mu_b) at i = floor(t_b). Sorting does not change
+        this.
         """
         s = _check_sigmas(sigmas)
         n = s.numel()
@@ -690,15 +693,14 @@ class PolynomialLevels(LevelDistribution):
         top = n - 2
         strata = self._strata(batch_size, top, s.device)
         mu = strata + n ** 0.2
-        edges = torch.arange(0, n, dtype=_F64, device=s.device)
-        edges[0] = -1.0  # edges -1, 1, 2, ..., N-1: interval 0 is (-1, 1), interval i is [i, i+1)
+        edges = torch.arange(0, top + 1, dtype=_F64, device=s.device)  # 0, 1, ..., N-2
         out = torch.zeros(n - 1, dtype=_F64, device=s.device)
         rows = max(1, (1 << 22) // n)  # bound the [rows, N] work array to ~32 MB
         for start in range(0, batch_size, rows):
             m = mu[start:start + rows, None]
             phi = torch.special.ndtr(edges - m)
-            out += torch.diff(phi, dim=1).sum(dim=0)
-            fallback = torch.special.ndtr(-1.0 - m[:, 0]) + torch.special.ndtr(m[:, 0] - (top + 1))
+            out[:top] += torch.diff(phi, dim=1).sum(dim=0)  # x in [i, i+1) for i = 0 .. N-3
+            fallback = torch.special.ndtr(-m[:, 0]) + torch.special.ndtr(m[:, 0] - top)
             out.index_add_(0, torch.floor(strata[start:start + rows]).long(), fallback)
         return out / batch_size
 
@@ -726,9 +728,9 @@ class PolynomialLevels(LevelDistribution):
             u = _random("rand", batch_size, generator, s.device)
             return torch.floor(u ** self.curve * (n - 1)).long().clamp_(max=top)
         strata = self._strata(batch_size, top, s.device)
-        candidate = torch.trunc(strata + _random("randn", batch_size, generator, s.device) + n ** 0.2)
-        inside = (candidate >= 0) & (candidate <= top)
-        idx = torch.where(inside, candidate, torch.floor(strata)).long()
+        x = strata + _random("randn", batch_size, generator, s.device) + n ** 0.2
+        inside = (x >= 0) & (x < top)
+        idx = torch.where(inside, torch.trunc(x), torch.floor(strata)).long()
         return torch.sort(idx).values
 
     def __repr__(self) -> str:

@@ -353,16 +353,18 @@ def test_polynomial_iid_probs_closed_form():
 
 
 def stratified_marginal_reference(n, batch, curve):
-    """(1/B) sum_b P(idx_b = i), written out per stratum with scipy's normal CDF."""
+    """(1/B) sum_b P(idx_b = i), written out per stratum with scipy's normal CDF.
+
+    The author's code keeps trunc(x) only for 0 <= x < N-2 (half-open, on the real value x), so
+    x in [i, i+1) gives i for i = 0..N-3, and everything else falls back to floor(t_b)."""
     top = n - 2
     out = np.zeros(n - 1)
     for b in range(batch):
         t = (b / (batch - 1)) ** curve * top if batch > 1 else 0.0
         mu = t + n ** 0.2
-        for i in range(n - 1):
-            lo, hi = (-1.0, 1.0) if i == 0 else (float(i), float(i + 1))
-            out[i] += stats.norm.cdf(hi - mu) - stats.norm.cdf(lo - mu)
-        out[math.floor(t)] += stats.norm.cdf(-1 - mu) + stats.norm.sf(top + 1 - mu)
+        for i in range(top):
+            out[i] += stats.norm.cdf(i + 1 - mu) - stats.norm.cdf(i - mu)
+        out[math.floor(t)] += stats.norm.cdf(-mu) + stats.norm.sf(top - mu)
     return out / batch
 
 

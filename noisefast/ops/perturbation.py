@@ -1,0 +1,277 @@
+"""Input perturbation for diffusion and consistency training, fused into one pass over x.
+
+- ``consistency_pair(x, sigma, sigma_next)`` -> (x + sigma z, x + sigma_next z) with ONE z: the
+  student and target inputs of consistency training (formulas.md section 2; iCT, Song & Dhariwal
+  2023, loss E[lambda d(f(x + sigma_{i+1} z), sg f(x + sigma_i z))] with the same z).
+- ``add_noise(x, sigma, alpha=, input_perturbation=, offset_noise=)`` -> (alpha x + sigma (eps +
+  gamma xi), eps) with eps = z + s o: DDPM-IP (Ning et al. 2023) and offset noise (formulas.md
+  section 6).
+
+The ops ``noisefast::consistency_pair`` and ``noisefast::add_noise`` take per-sample values as 1-D
+tensors of the math dtype (see noisefast/reference/perturbation.py for the conventions). z, xi
+and o come from streams STREAM_NOISE, STREAM_PERTURBATION and STREAM_OFFSET of one seed; the
+kernels never store them, and backward regenerates them from the seed.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+
+from .._library import Kernels
+from ..random import STREAM_NOISE, draw_seed
+from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values, values_checkable
+from .randn import randn_out
+
+Scalar = Union[float, torch.Tensor]
+
+PAIR_KERNELS = Kernels(
+    "consistency_pair",
+    reference="noisefast.reference.perturbation:consistency_pair",
+    compiled="consistency_pair",
+    triton="noisefast.triton.perturbation:consistency_pair",
+    gpu_preference=("triton",),
+)
+
+ADD_NOISE_KERNELS = Kernels(
+    "add_noise",
+    reference="noisefast.reference.perturbation:add_noise",
+    compiled="add_noise",
+    triton="noisefast.triton.perturbation:add_noise",
+    gpu_preference=("triton",),
+)
+
+
+def check_finite_values(t: torch.Tensor, name: str) -> None:
+    """ValueError if ``t`` holds NaN or an infinity (any sign is fine: alpha may be negative).
+
+    Like _checks.check_nonnegative_values, called inside the ops' implementations and skipped
+    during CUDA-graph capture.
+    """
+    if t.numel() == 0 or not values_checkable(t):
+        return
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        first = t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]].item()
+        raise ValueError(f"{name} must be finite everywhere, found {first}")
+
+
+def opmath_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _sum_per_sample(values: torch.Tensor, count: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sum of ``values`` (numel elements, row-major) over each of ``count`` equal runs."""
+    if numel == 0:
+        return torch.zeros(count, dtype=dtype, device=values.device)
+    return values.reshape(count, -1).to(dtype).sum(dim=1)
+
+
+# ---- noisefast::consistency_pair -----------------------------------------------------------------
+
+@torch.library.custom_op("noisefast::consistency_pair", mutates_args=())
+def consistency_pair_op(x: torch.Tensor, seed: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                        inner: int, offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    check_nonnegative_values(sigma, "sigma")
+    check_nonnegative_values(sigma_next, "sigma_next")
+    return PAIR_KERNELS(x.device, x, seed, sigma, sigma_next, inner, offset)
+
+
+@consistency_pair_op.register_fake
+def _(x, seed, sigma, sigma_next, inner, offset):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+def _pair_setup_context(ctx, inputs, output):
+    x, seed, sigma, sigma_next, inner, offset = inputs
+    ctx.numel, ctx.offset = x.numel(), offset
+    ctx.save_for_backward(seed, sigma)
+
+
+def _pair_backward(ctx, grad_cur, grad_next):
+    seed, sigma = ctx.saved_tensors
+    grads = [g for g in (grad_cur, grad_next) if g is not None]
+    grad_x = (grads[0] + grads[1] if len(grads) == 2 else grads[0]) if ctx.needs_input_grad[0] and grads else None
+    grad_sigma = grad_sigma_next = None
+    if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+        # d x_cur / d sigma[p] = z over sample p's elements: regenerate z from the seed.
+        z = torch.empty(ctx.numel, dtype=torch.float32, device=sigma.device)
+        randn_out(z, seed, STREAM_NOISE, ctx.offset)
+        count = sigma.numel()
+
+        def per_sample(g):
+            if g is None:
+                return torch.zeros_like(sigma)
+            return _sum_per_sample(g.reshape(-1).to(sigma.dtype) * z.to(sigma.dtype), count, ctx.numel, sigma.dtype)
+
+        grad_sigma = per_sample(grad_cur) if ctx.needs_input_grad[2] else None
+        grad_sigma_next = per_sample(grad_next) if ctx.needs_input_grad[3] else None
+    return grad_x, None, grad_sigma, grad_sigma_next, None, None
+
+
+consistency_pair_op.register_autograd(_pair_backward, setup_context=_pair_setup_context)
+
+
+# ---- noisefast::add_noise ------------------------------------------------------------------------
+
+@torch.library.custom_op("noisefast::add_noise", mutates_args=())
+def add_noise_op(x: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+                 input_perturbation: float, offset_noise: float, sample_inner: int, channel_inner: int,
+                 offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    check_finite_values(alpha, "alpha")
+    check_nonnegative_values(sigma, "sigma")
+    return ADD_NOISE_KERNELS(x.device, x, seed, alpha, sigma, input_perturbation, offset_noise,
+                             sample_inner, channel_inner, offset)
+
+
+@add_noise_op.register_fake
+def _(x, seed, alpha, sigma, input_perturbation, offset_noise, sample_inner, channel_inner, offset):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+def _add_noise_setup_context(ctx, inputs, output):
+    x, seed, alpha, sigma, input_perturbation, offset_noise, sample_inner, channel_inner, offset = inputs
+    ctx.args = (input_perturbation, offset_noise, sample_inner, channel_inner, offset)
+    ctx.x_shape, ctx.x_dtype, ctx.numel = x.shape, x.dtype, x.numel()
+    ctx.save_for_backward(seed, alpha, sigma, x if ctx.needs_input_grad[2] else None)
+
+
+def _add_noise_backward(ctx, grad_noisy, grad_target):
+    seed, alpha, sigma, x = ctx.saved_tensors
+    input_perturbation, offset_noise, sample_inner, channel_inner, offset = ctx.args
+    count, acc = alpha.numel(), alpha.dtype
+    grad_x = grad_alpha = grad_sigma = None
+    if grad_noisy is None:
+        return None, None, None, None, None, None, None, None, None
+    g = grad_noisy.reshape(-1).to(acc)
+    if ctx.needs_input_grad[0]:
+        per_element = g if ctx.numel == 0 else (g.reshape(count, -1) * alpha.view(count, 1)).reshape(-1)
+        grad_x = per_element.to(ctx.x_dtype).view(ctx.x_shape)
+    if ctx.needs_input_grad[2]:
+        grad_alpha = _sum_per_sample(g * x.reshape(-1).to(acc), count, ctx.numel, acc)
+    if ctx.needs_input_grad[3]:
+        # d x_noisy / d sigma[p] = eps + gamma xi: the same kernel with alpha = 0, sigma = 1 on zeros
+        # (in the math dtype) returns exactly that noise, regenerated from the seed.
+        zeros = torch.zeros(ctx.numel, dtype=acc, device=g.device)
+        noise, _ = add_noise_op(zeros, seed, torch.zeros_like(alpha), torch.ones_like(sigma),
+                                input_perturbation, offset_noise, sample_inner, channel_inner, offset)
+        grad_sigma = _sum_per_sample(g * noise, count, ctx.numel, acc)
+    return grad_x, None, grad_alpha, grad_sigma, None, None, None, None, None
+
+
+add_noise_op.register_autograd(_add_noise_backward, setup_context=_add_noise_setup_context)
+
+
+# ---- public functions ----------------------------------------------------------------------------
+
+def per_sample_arguments(x: torch.Tensor, values: Dict[str, Scalar], *,
+                         nonnegative: Tuple[str, ...]) -> Tuple[List[torch.Tensor], int]:
+    """Turn scalars and per-sample tensors into the ops' form: 1-D tensors of x's math dtype, all of
+    one length P, and ``inner`` such that element i of x uses entry i // inner.
+
+    A value is a real number or a float tensor of shape [], [B] or [B, 1, ..., 1] (B = x.shape[0]).
+    P = B when any value is a per-sample tensor, else 1. Raises TypeError/ValueError naming the
+    argument; numbers are range-checked here, tensor values inside the op.
+    """
+    batch = x.shape[0] if x.dim() > 0 else None
+    per_sample = False
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor):
+            if not value.is_floating_point():
+                raise TypeError(f"{name} must be a float tensor or a number, got a {value.dtype} tensor")
+            if value.device != x.device and not (value.dim() == 0 and value.device.type == "cpu"):
+                raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
+            if value.dim() == 0:
+                continue
+            if (batch is None or value.dim() > x.dim() or value.shape[0] != batch
+                    or any(s != 1 for s in value.shape[1:])):
+                raise ValueError(f"{name} must be a number or a tensor of shape [B] (one value per sample; "
+                                 f"x has shape {tuple(x.shape)}), got shape {tuple(value.shape)}")
+            per_sample = True
+        elif name in nonnegative:
+            check_nonnegative_number(value, name)
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number or a tensor, got {type(value).__name__}")
+    acc = opmath_dtype(x)
+    count = batch if per_sample else 1
+    tensors = []
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor):
+            t = value.to(device=x.device, dtype=acc).reshape(-1)
+            tensors.append(t.expand(count) if t.numel() == 1 and count != 1 else t)
+        else:
+            tensors.append(torch.full((count,), float(value), dtype=acc, device=x.device))
+    numel = x.numel()
+    inner = max(numel // count, 1) if count else 1
+    return tensors, inner
+
+
+def consistency_pair(x: torch.Tensor, sigma: Scalar, sigma_next: Scalar, *,
+                     generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two noisy inputs of consistency training, with ONE shared noise z, in one pass.
+
+    x_cur = x + sigma * z and x_next = x + sigma_next * z, z ~ N(0, I) shaped like x (iCT, Song &
+    Dhariwal 2023: the loss compares f(x + sigma_{i+1} z) with sg f(x + sigma_i z), same z).
+    Replaces ``noise = torch.randn_like(x); x + sigma.view(-1, 1, 1, 1) * noise`` (twice).
+
+    Args:
+        x: float32, float16, bfloat16 or float64, any shape [B, ...] and layout.
+        sigma, sigma_next: numbers >= 0, or float tensors of shape [B] (or [B, 1, ..., 1]): one
+            level per sample. A tensor that requires grad gets d/d sigma_b = sum over sample b of
+            grad * z (z regenerated from the seed, never stored).
+        generator: where the seed is drawn (default: x's device's default generator).
+
+    Returns:
+        (x_cur, x_next), contiguous, dtype of x; math in float32 (float64 for float64 x). The
+        gradient with respect to x is the identity for each output. z is element i of stream
+        STREAM_NOISE of the portable stream (noisefast.randn), the same on every backend.
+
+    Raises TypeError for a non-float x or sigma; ValueError naming sigma/sigma_next when one is
+    negative, NaN or infinite, or its length is not B.
+    """
+    check_float_tensor(x, "x")
+    (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next},
+                                                  nonnegative=("sigma", "sigma_next"))
+    return consistency_pair_op(x, draw_seed(x.device, generator), sig, sig_next, inner, 0)
+
+
+def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_perturbation: float = 0.0,
+              offset_noise: float = 0.0, generator: Optional[torch.Generator] = None
+              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Noise a diffusion training input, with optional input perturbation and offset noise, in one pass.
+
+    eps = z + offset_noise * o,   x_noisy = alpha * x + sigma * (eps + input_perturbation * xi),
+    target = eps, where z, xi ~ N(0, I) shaped like x and o ~ N(0, I) shaped [B, C, 1, ...] (one
+    value per sample and channel). DDPM-IP: Ning et al. 2023 (gamma = 0.1; the target stays eps);
+    offset noise: the offset is part of the target (formulas.md section 6). For DDPM
+    x_t = sqrt(abar) x0 + sqrt(1 - abar) eps pass alpha = sqrt(abar), sigma = sqrt(1 - abar); for
+    EDM/VE noising alpha = 1.
+
+    Args:
+        x: float32, float16, bfloat16 or float64, shape [B, C, ...] (any shape without offset noise).
+        sigma: a number >= 0 or a float tensor [B]; alpha: a finite number or a float tensor [B].
+            Tensors that require grad receive gradients (noise regenerated from the seed).
+        input_perturbation: gamma >= 0 (0 draws no xi). offset_noise: s >= 0 (0 draws no o).
+        generator: where the seed is drawn.
+
+    Returns:
+        (x_noisy, target), contiguous, dtype of x; math in float32 (float64 for float64 x).
+        z, xi, o are streams STREAM_NOISE, STREAM_PERTURBATION, STREAM_OFFSET of one seed (o_{b,c}
+        is element b*C + c). d x_noisy / d x = alpha; the target has no gradient.
+    """
+    check_float_tensor(x, "x")
+    gamma = check_nonnegative_number(input_perturbation, "input_perturbation")
+    offset_scale = check_nonnegative_number(offset_noise, "offset_noise")
+    if offset_scale != 0.0 and x.dim() < 2:
+        raise ValueError(f"offset_noise needs x of shape [B, C, ...] (one offset per sample and channel), "
+                         f"got shape {tuple(x.shape)}")
+    (alpha_t, sigma_t), sample_inner = per_sample_arguments(x, {"alpha": alpha, "sigma": sigma},
+                                                            nonnegative=("sigma",))
+    channel_inner = 1
+    if offset_scale != 0.0 and x.shape[0] * x.shape[1] > 0:
+        channel_inner = max(x.numel() // (x.shape[0] * x.shape[1]), 1)
+    return add_noise_op(x, draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale,
+                        sample_inner, channel_inner, 0)
