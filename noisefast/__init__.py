@@ -4,6 +4,9 @@ The public API; every name is defined in a submodule and re-exported here.
 """
 from . import plot, schedules
 from ._library import backends, use_backend
+from .consistency import ConsistencyBatch, ConsistencyNoise
+from .ops.perturbation import add_noise, consistency_pair
+from .ops.sampled_pair import SampledPair, sampled_consistency_pair
 from .ops.gaussian_noise import gaussian_noise
 from .random import randn
 from .regularizers import GaussianNoise
@@ -40,6 +43,13 @@ __all__ = [
     "randn",
     "gaussian_noise",
     "GaussianNoise",
+    # perturbation
+    "consistency_pair",
+    "add_noise",
+    "ConsistencyNoise",
+    "ConsistencyBatch",
+    "sampled_consistency_pair",
+    "SampledPair",
     # noise levels, level distributions, curricula
     "karras_sigmas",
     "KarrasLevels",

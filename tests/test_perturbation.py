@@ -208,7 +208,7 @@ def test_pair_shares_one_z(backend):
 
 
 def test_cpu_stream_agrees_with_portable_stream():
-    """The CPU kernel's vectorised normals (normal_chunk_cpu.h) against philox.h's normal4 (libm):
+    """The CPU kernel's vectorised normals (normal_stream_cpu.h) against philox.h's normal4 (libm):
     within 1e-6 over 2^20 elements, and the right elements at an odd offset."""
     n = 1 << 20
     one = torch.ones(1)

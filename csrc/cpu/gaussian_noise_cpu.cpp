@@ -8,8 +8,10 @@
 
 #include <optional>
 
+#include "noisefast/streams.h"
 #include "noisefast/torch_checks.h"
 #include "normal_stream_cpu.h"
+#include "outputs_cpu.h"
 
 namespace noisefast {
 namespace {
@@ -18,7 +20,7 @@ at::Tensor gaussian_noise_cpu(const at::Tensor& x_in, const at::Tensor& seed, do
                               const std::optional<at::Tensor>& scale_in, int64_t inner) {
   const uint64_t seed_value = read_seed_on_cpu(seed);
   const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor out = cpu::new_output_like(x);
   TORCH_CHECK(inner >= 1, "noisefast: inner must be >= 1, got ", inner);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gaussian_noise_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -26,7 +28,7 @@ at::Tensor gaussian_noise_cpu(const at::Tensor& x_in, const at::Tensor& seed, do
     scalar_t* out_data = out.data_ptr<scalar_t>();
     const opmath_t std_value = static_cast<opmath_t>(std);
     if (!scale_in.has_value()) {
-      cpu::for_each_normal_chunk(x.numel(), seed_value, 0, 0, [=](int64_t i0, int64_t count, const float* z) {
+      cpu::for_each_normal_chunk(x.numel(), seed_value, kStreamNoise, 0, [=](int64_t i0, int64_t count, const float* z) {
         const scalar_t* src = x_data + i0;
         scalar_t* dst = out_data + i0;
         for (int64_t t = 0; t < count; ++t) {
@@ -39,7 +41,7 @@ at::Tensor gaussian_noise_cpu(const at::Tensor& x_in, const at::Tensor& seed, do
     TORCH_CHECK(scale.numel() >= 1, "noisefast: the std tensor is empty");
     const opmath_t* scale_data = scale.data_ptr<opmath_t>();
     const int64_t period = scale.numel();
-    cpu::for_each_normal(x.numel(), seed_value, 0, 0, [=](int64_t i, float z) {
+    cpu::for_each_normal(x.numel(), seed_value, kStreamNoise, 0, [=](int64_t i, float z) {
       const opmath_t sigma = std_value * scale_data[(i / inner) % period];
       out_data[i] = static_cast<scalar_t>(static_cast<opmath_t>(x_data[i]) + sigma * static_cast<opmath_t>(z));
     });

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 
@@ -64,27 +65,40 @@ static inline void normal_chunk(uint64_t seed, uint64_t stream, uint64_t q0, int
   }
 }
 
-// Calls consume(i0, count, z) over [0, n) in parallel, where z[0 .. count) are elements
-// offset + i0 .. offset + i0 + count - 1 of the normal stream (seed, stream). Each call covers a
-// contiguous range of at most kChunkNormals outputs; consume must touch only those outputs.
-template <typename Consume>
-void for_each_normal_chunk(int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, const Consume& consume) {
+// Calls body(i0, i1, z) for consecutive element ranges covering [0, n), in parallel, where
+// z[s][k] is element offset + i0 + k of normal stream streams[s] under seed (one std::array of
+// pointers, one per stream). Each range holds at most kChunkNormals elements; body must only
+// touch elements i0 .. i1 - 1.
+template <int kStreams, typename Body>
+void for_each_noise_chunk(int64_t n, uint64_t seed, const std::array<uint64_t, kStreams>& streams,
+                          uint64_t offset, const Body& body) {
   if (n <= 0) return;
   const uint64_t first_block = offset / kNormalsPerBlock;
-  const uint64_t end_block = (offset + static_cast<uint64_t>(n) - 1) / kNormalsPerBlock + 1;
-  const int64_t num_blocks = static_cast<int64_t>(end_block - first_block);
+  const int64_t num_blocks =
+      static_cast<int64_t>((offset + static_cast<uint64_t>(n) - 1) / kNormalsPerBlock + 1 - first_block);
   at::parallel_for(0, num_blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-    alignas(64) float z[kChunkNormals];
+    alignas(64) float z[kStreams][kChunkNormals];
     for (int64_t k = begin; k < end; k += kChunkBlocks) {
       const int count = static_cast<int>(std::min<int64_t>(kChunkBlocks, end - k));
-      const uint64_t q0 = first_block + static_cast<uint64_t>(k);
-      normal_chunk(seed, stream, q0, count, z);
-      // Output index of z[0]; the very first chunk may start before offset, the last may run past n.
-      const int64_t base = static_cast<int64_t>(q0 * kNormalsPerBlock - offset);
-      const int64_t lo = std::max<int64_t>(0, -base);
-      const int64_t hi = std::min<int64_t>(static_cast<int64_t>(count) * kNormalsPerBlock, n - base);
-      if (hi > lo) consume(base + lo, hi - lo, z + lo);
+      const uint64_t q = first_block + static_cast<uint64_t>(k);
+      for (int s = 0; s < kStreams; ++s) normal_chunk(seed, streams[s], q, count, z[s]);
+      // Element index of the chunk's first normal; negative in the first chunk when offset % 4 != 0.
+      const int64_t j0 = static_cast<int64_t>(q * kNormalsPerBlock - offset);
+      const int64_t i0 = std::max<int64_t>(j0, 0);
+      const int64_t i1 = std::min<int64_t>(j0 + kNormalsPerBlock * count, n);
+      if (i1 <= i0) continue;
+      std::array<const float*, kStreams> at_i0;
+      for (int s = 0; s < kStreams; ++s) at_i0[s] = z[s] + (i0 - j0);
+      body(i0, i1, at_i0);
     }
+  });
+}
+
+// One stream: consume(i0, count, z) with z[0 .. count) = elements offset + i0 .. of the stream.
+template <typename Consume>
+void for_each_normal_chunk(int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, const Consume& consume) {
+  for_each_noise_chunk<1>(n, seed, {stream}, offset, [&](int64_t i0, int64_t i1, const std::array<const float*, 1>& z) {
+    consume(i0, i1 - i0, z[0]);
   });
 }
 

@@ -6,7 +6,7 @@
 // Semantics and argument conventions: noisefast/reference/perturbation.py. Element i draws element
 // offset + i of each normal stream; one pass over x, the noise never stored.
 //
-// Speed: the normals come a chunk at a time from normal_chunk_cpu.h (vectorised Philox and
+// Speed: the normals come a chunk at a time from normal_stream_cpu.h (vectorised Philox and
 // Box-Muller), then a loop over a run of elements that share their per-sample values applies the
 // formula; both loops vectorise.
 #include <ATen/ATen.h>
@@ -21,49 +21,14 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "noisefast/levels.h"
 #include "noisefast/torch_checks.h"
-#include "normal_chunk_cpu.h"
+#include "noisefast/streams.h"
 #include "normal_stream_cpu.h"
+#include "outputs_cpu.h"
 
 namespace noisefast {
 namespace {
-
-// Stream numbers of noisefast/random.py (the exact tests against the reference fail if they drift).
-constexpr uint64_t kStreamNoise = 0;
-constexpr uint64_t kStreamPerturbation = 1;
-constexpr uint64_t kStreamOffset = 2;
-constexpr uint64_t kStreamLevels = 3;
-
-// Calls body(i0, i1, z) for consecutive element ranges covering [0, n), in parallel, where z[s][k]
-// is element offset + i0 + k of normal stream streams[s].
-template <int kStreams, typename Body>
-void for_each_noise_chunk(int64_t n, uint64_t seed, const std::array<uint64_t, kStreams>& streams,
-                          uint64_t offset, const Body& body) {
-  if (n <= 0) return;
-  const uint64_t first_block = offset / kNormalsPerBlock;
-  const int64_t num_blocks =
-      static_cast<int64_t>((offset + static_cast<uint64_t>(n) - 1) / kNormalsPerBlock + 1 - first_block);
-  at::parallel_for(0, num_blocks, cpu::kBlocksPerTask, [&](int64_t begin, int64_t end) {
-    alignas(64) float z[kStreams][kNormalsPerBlock * cpu::kChunkBlocks];
-    for (int64_t k = begin; k < end; k += cpu::kChunkBlocks) {
-      const int count = static_cast<int>(std::min<int64_t>(cpu::kChunkBlocks, end - k));
-      const uint64_t q = first_block + static_cast<uint64_t>(k);
-      for (int s = 0; s < kStreams; ++s) cpu::normal_chunk(seed, streams[s], q, count, z[s]);
-      // Element index of the chunk's first normal; negative in the first chunk when offset % 4 != 0.
-      const int64_t j0 = static_cast<int64_t>(q * kNormalsPerBlock - offset);
-      const int64_t i0 = std::max<int64_t>(j0, 0);
-      const int64_t i1 = std::min<int64_t>(j0 + kNormalsPerBlock * count, n);
-      std::array<const float*, kStreams> at_i0;
-      for (int s = 0; s < kStreams; ++s) at_i0[s] = z[s] + (i0 - j0);
-      body(i0, i1, at_i0);
-    }
-  });
-}
 
 // Calls run(begin, end, p) for the maximal sub-ranges of [i0, i1) whose elements share p = i / inner.
 template <typename Run>
@@ -79,7 +44,7 @@ inline void for_each_run(int64_t i0, int64_t i1, int64_t inner, const Run& run) 
 template <typename scalar_t, typename opmath_t>
 void consistency_pair_loop(const scalar_t* x, scalar_t* cur, scalar_t* next, int64_t n, uint64_t seed,
                            const opmath_t* sigma, const opmath_t* sigma_next, int64_t inner, uint64_t offset) {
-  for_each_noise_chunk<1>(n, seed, {kStreamNoise}, offset, [&](int64_t i0, int64_t i1, const auto& z) {
+  cpu::for_each_noise_chunk<1>(n, seed, {kStreamNoise}, offset, [&](int64_t i0, int64_t i1, const auto& z) {
     const float* zc = z[0];  // zc[i - i0]: the normal of element i
     for_each_run(i0, i1, inner, [&](int64_t begin, int64_t end, int64_t p) {
       const opmath_t s0 = sigma[p], s1 = sigma_next[p];
@@ -93,29 +58,8 @@ void consistency_pair_loop(const scalar_t* x, scalar_t* cur, scalar_t* next, int
   });
 }
 
-// The kernels are the first to touch their fresh outputs. With 4 KiB pages that first touch cost
-// more than computing the values (two 16 MiB outputs: 23 ms of page faults on one core, 8 ms with
-// 2 MiB pages; measured 2026-11-22), so multi-megabyte outputs ask for transparent huge pages on
-// their 2 MiB-aligned interior, as PyTorch's allocator does under THP_MEM_ALLOC_ENABLE=1. The
-// advice is only a hint: where THP is off or the call fails nothing changes.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t last = (begin + t.nbytes()) & ~(kHugePage - 1);
-  if (t.nbytes() >= 2 * kHugePage && last > first) {
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-#endif
-}
-
 std::tuple<at::Tensor, at::Tensor> pair_outputs(const at::Tensor& x) {
-  at::Tensor a = at::empty_like(x, at::MemoryFormat::Contiguous);
-  at::Tensor b = at::empty_like(x, at::MemoryFormat::Contiguous);
-  advise_huge_pages(a);
-  advise_huge_pages(b);
-  return {a, b};
+  return {cpu::new_output_like(x), cpu::new_output_like(x)};
 }
 
 at::Tensor per_sample_values(const at::Tensor& values, const at::Tensor& x, int64_t inner, const char* name) {
@@ -155,7 +99,7 @@ void add_noise_loop(const scalar_t* x, scalar_t* noisy, scalar_t* target, int64_
   std::array<uint64_t, kStreams> streams;
   streams[0] = kStreamNoise;
   if constexpr (kPerturb) streams[1] = kStreamPerturbation;
-  for_each_noise_chunk<kStreams>(n, seed, streams, offset, [&](int64_t i0, int64_t i1, const auto& z) {
+  cpu::for_each_noise_chunk<kStreams>(n, seed, streams, offset, [&](int64_t i0, int64_t i1, const auto& z) {
     const float* zc = z[0];
     const float* xic = z[kStreams - 1];  // the perturbation normals when kPerturb
     // Runs of one (sample, channel) row when there is offset noise, else of one sample; rows nest

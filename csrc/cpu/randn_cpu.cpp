@@ -6,6 +6,7 @@
 
 #include "noisefast/torch_checks.h"
 #include "normal_stream_cpu.h"
+#include "outputs_cpu.h"
 
 namespace noisefast {
 namespace {
@@ -15,6 +16,7 @@ void randn_out_cpu(at::Tensor& out, const at::Tensor& seed, int64_t stream, int6
   check_nonnegative(stream, "stream");
   check_nonnegative(offset, "offset");
   const uint64_t seed_value = read_seed_on_cpu(seed);
+  cpu::advise_huge_pages(out);  // before the kernel's first touch of out's pages
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "randn_out_cpu", [&] {
     scalar_t* data = out.data_ptr<scalar_t>();
     cpu::for_each_normal_chunk(out.numel(), seed_value, static_cast<uint64_t>(stream),

@@ -2,6 +2,7 @@
 
 Short, obviously correct code: the tests' oracle, the benchmarks' "eager" baseline, and the
 fallback when a compiled kernel is missing. One module per concern:
-``random`` (the portable noise stream), ``noise`` (noise injection).
+``random`` (the portable noise stream), ``noise`` (noise injection), ``perturbation`` (inputs of
+diffusion and consistency training).
 """
-from . import noise, random  # noqa: F401
+from . import noise, perturbation, random  # noqa: F401
