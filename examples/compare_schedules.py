@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_consistency  # noqa: E402
 
 SCHEDULES = {
-    "lognormal-ict": {"distribution": "lognormal", "curriculum": "ict",
+    "lognormal-ict": {"distribution": "lognormal", "curriculum": "ict", "predefined_levels": False,
                       "label": "log-normal + iCT curriculum (baseline)"},
-    "polynomial-constant": {"distribution": "polynomial", "curriculum": "constant",
+    "polynomial-constant": {"distribution": "polynomial", "curriculum": "constant", "predefined_levels": True,
                             "label": "polynomial (curve 4) + constant N"},
-    "polynomial-sinusoidal": {"distribution": "polynomial", "curriculum": "sinusoidal",
+    "polynomial-sinusoidal": {"distribution": "polynomial", "curriculum": "sinusoidal", "predefined_levels": True,
                               "label": "polynomial (curve 4) + sinusoidal curriculum"},
 }
 
@@ -109,7 +109,8 @@ def run_argv(args, key: str, seed: int) -> list:
     argv = ["--steps", str(args.steps), "--batch", str(args.batch), "--seed", str(seed),
             "--distribution", s["distribution"], "--curriculum", s["curriculum"],
             "--constant-n", str(args.constant_n), "--device", args.device, "--out", args.out,
-            "--name", f"compare-{key}-seed{seed}", "--eval-samples", str(args.eval_samples)]
+            "--name", f"compare-{key}-seed{seed}", "--eval-samples", str(args.eval_samples),
+            "--predefined-levels" if s["predefined_levels"] else "--no-predefined-levels"]
     return argv + (["--quiet"] if args.quiet else [])
 
 
@@ -119,7 +120,8 @@ def _reusable(path: Path, args, key: str, seed: int) -> bool:
     metrics = json.loads(path.read_text())
     cfg = metrics.get("config", {})
     want = {"steps": args.steps, "batch": args.batch, "seed": seed, "constant_n": args.constant_n,
-            "distribution": SCHEDULES[key]["distribution"], "curriculum": SCHEDULES[key]["curriculum"]}
+            "distribution": SCHEDULES[key]["distribution"], "curriculum": SCHEDULES[key]["curriculum"],
+            "predefined_levels": SCHEDULES[key]["predefined_levels"]}
     return metrics.get("finished") and "one_step" in metrics and all(cfg.get(k) == v for k, v in want.items())
 
 

@@ -63,8 +63,9 @@ DEFAULTS = {
     "curve": 4.0,
     "curriculum": "ict",
     "constant_n": 81,
+    "predefined_levels": False,
     "seed": 0,
-    "ema_decay": 0.999,
+    "ema_decay": 0.9999,
     "lr": 4e-4,
     "warmup": 100,
     "width": 32,
@@ -88,9 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"constant (--constant-n) [default {d['curriculum']}]")
     p.add_argument("--constant-n", dest="constant_n", type=int,
                    help=f"N for --curriculum constant [default {d['constant_n']}]")
+    p.add_argument("--predefined-levels", dest="predefined_levels", action=argparse.BooleanOptionalAction,
+                   help="take every N's Karras levels from one vector built for the curriculum's largest "
+                        "N (Gokmen et al.'s 'predefined Karras noises', our reading) "
+                        f"[default {d['predefined_levels']}]")
     p.add_argument("--seed", type=int, help=f"seed of the run [default {d['seed']}]")
     p.add_argument("--ema-decay", dest="ema_decay", type=float,
-                   help=f"decay of the evaluation EMA [default {d['ema_decay']}]")
+                   help="largest decay of the evaluation EMA; the decay after u updates is "
+                        f"min(this, 1 - (1 + u)^-0.75) [default {d['ema_decay']}]")
     p.add_argument("--lr", type=float, help=f"Adam learning rate [default {d['lr']}]")
     p.add_argument("--warmup", type=int, help=f"linear learning-rate warm-up steps [default {d['warmup']}]")
     p.add_argument("--width", type=int, help=f"UNet channels at 8x8 (multiple of 8) [default {d['width']}]")
@@ -108,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples for the metrics (a multiple of the 360 test images is best)")
     p.add_argument("--no-eval", dest="no_eval", action="store_true",
                    help="skip sampling and metrics (training, checkpoint and metrics.json only)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice, normally one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no printing")
     return p
 
@@ -154,6 +162,8 @@ def parse_args(argv=None):
     _check_config(parser, cfg, n_train=digits.N_TRAIN)
     if args.stop_at is not None and not 1 <= args.stop_at <= cfg["steps"]:
         parser.error(f"--stop-at must be between 1 and --steps ({cfg['steps']}), got {args.stop_at}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.checkpoint_every < 0:
         parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.eval_samples < digits.N_TEST:
@@ -198,11 +208,16 @@ class Run:
         torch.manual_seed(seeds["model"])
         self.model = digits.ConsistencyModel(cfg["width"]).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"])
-        self.ema = noisefast.EMA(self.model, decay=cfg["ema_decay"])
+        # Decay 1 - (1 + u)^(-3/4) after u updates, capped at ema_decay (diffusers' EMA warm-up with
+        # the power suited to short runs): it averages over a window that grows with the run, so a
+        # run of a few thousand steps does not keep a sizeable share of its random initial weights
+        # (a constant 0.999 would keep 0.999^2000 = 13 % of them after 2000 steps).
+        self.ema = noisefast.EMA(self.model, decay=cfg["ema_decay"], warmup="inverse_gamma", power=0.75)
         self.curriculum = curriculum(cfg)
         self.noise = noisefast.ConsistencyNoise(
             levels=level_distribution(cfg), curriculum=self.curriculum, total_steps=cfg["steps"],
-            sigma_min=digits.SIGMA_MIN, sigma_max=digits.SIGMA_MAX, rho=7.0)
+            sigma_min=digits.SIGMA_MIN, sigma_max=digits.SIGMA_MAX, rho=7.0,
+            predefined_levels=cfg["predefined_levels"])
         self.noise_generator = torch.Generator(device=device).manual_seed(seeds["noise"])
         self.order = digits.DataOrder(len(data.train_images), cfg["batch"], seeds["data"])
         self.train_images = data.train_images.to(device)
@@ -324,16 +339,16 @@ def save_samples_png(path: Path, one_step: torch.Tensor, two_step: torch.Tensor,
 
     def grid(images: torch.Tensor, rows: int = 8, cols: int = 8) -> np.ndarray:
         tiles = images[:rows * cols, 0].cpu().numpy()
-        out = np.full((rows * 9 + 1, cols * 9 + 1), 1.0)        # 1-pixel white gutters
+        out = np.full((rows * 9 + 1, cols * 9 + 1), 0.35)       # 1-pixel grey gutters
         for k, tile in enumerate(tiles):
             r, c = divmod(k, cols)
-            out[1 + r * 9:9 + r * 9, 1 + c * 9:9 + c * 9] = (tile + 1) / 2
+            out[1 + r * 9:9 + r * 9, 1 + c * 9:9 + c * 9] = (1 - tile) / 2   # dark ink on white
         return out
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.9))
     for ax, images, title, key in ((axes[0], one_step, "1-step", "one_step"),
                                    (axes[1], two_step, f"2-step (via sigma={digits.SIGMA_MID})", "two_step")):
-        ax.imshow(1 - grid(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(grid(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{title}: Frechet dist. {metrics[key]['frechet_distance']:.2f}", fontsize=10)
         ax.axis("off")
     cfg = metrics["config"]
@@ -383,6 +398,8 @@ def print_metrics(metrics: dict, log: Callable) -> None:
 def main(argv=None) -> int:
     args, cfg = parse_args(argv)
     log = (lambda *a, **k: None) if args.quiet else print
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     out_dir = Path(args.out)
     run_dir = out_dir / args.name
