@@ -10,6 +10,9 @@ and everything else:
   polynomial + constant    Gokmen et al.'s polynomial levels (curve 4) with a constant N
   polynomial + sinusoidal  polynomial levels (curve 4) with the sinusoidal curriculum
 
+The polynomial rows take their levels from one predefined Karras vector (Gokmen et al.'s
+"predefined Karras noises", our reading; see noisefast.KarrasLevels), as the paper pairs them.
+
 and writes a markdown table of the mean and spread (sample standard deviation over seeds) of the
 metrics, the per-seed values, and the command that reproduces it. The Frechet distance is measured
 in the feature space of a small digits classifier: it is NOT FID. Whatever the numbers say is what
@@ -27,7 +30,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -137,7 +139,7 @@ def _mean_spread(values, fmt: str) -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def markdown(args, results: dict, floor: float, accuracy: float, seconds: float) -> str:
+def markdown(args, results: dict, floor: float, accuracy: float) -> str:
     lines = [
         "# Noise schedules for consistency training at the scale of 8x8 digits",
         "",
@@ -181,8 +183,10 @@ def markdown(args, results: dict, floor: float, accuracy: float, seconds: float)
         "",
         "Settings: Karras levels sigma in [0.002, 80], rho 7; log-normal P_mean -1.1, P_std 2.0; iCT",
         "curriculum s0 10, s1 1280 (N doubles every K/8 steps); sinusoidal s0 20, s1 250; constant",
-        f"N = {args.constant_n}; per-sample pseudo-Huber loss with c = 0.00054 sqrt(64); Adam; EMA decay",
-        f"{train_consistency.DEFAULTS['ema_decay']}; 2-step sampling via sigma = 0.821.",
+        f"N = {args.constant_n}; polynomial rows with predefined Karras levels (one vector for the",
+        "curriculum's largest N); per-sample pseudo-Huber loss with c = 0.00054 sqrt(64), weight",
+        "1/(sigma_{i+1} - sigma_i); Adam; EMA with decay min("
+        f"{train_consistency.DEFAULTS['ema_decay']}, 1 - (1 + u)^-0.75); 2-step sampling via sigma = 0.821.",
         "",
         f"Lowest mean 1-step Frechet distance here: {SCHEDULES[best]['label']}. Read the spread before",
         "the means: with a few seeds and short runs, differences smaller than about two standard",
@@ -190,7 +194,8 @@ def markdown(args, results: dict, floor: float, accuracy: float, seconds: float)
         "CIFAR-10 (the paper's setting) or to longer training.",
         "",
         f"Machine: {platform.machine()}, {args.device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; total time {seconds / 60:.0f} min; "
+        f"{torch.get_num_threads()} threads; training time of all runs "
+        f"{sum(m['train_seconds'] for runs in results.values() for m in runs.values()) / 60:.0f} min; "
         f"{datetime.date.today().isoformat()}.",
         "",
         "Reproduce:",
@@ -205,7 +210,6 @@ def markdown(args, results: dict, floor: float, accuracy: float, seconds: float)
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
     results = {}
     for key in args.schedules:
         results[key] = {}
@@ -217,7 +221,7 @@ def main(argv=None) -> int:
             results[key][seed] = json.loads(metrics_path.read_text())
     any_run = next(iter(next(iter(results.values())).values()))
     text = markdown(args, results, any_run["reference"]["frechet_distance_test"],
-                    any_run["reference"]["classifier_test_accuracy"], time.perf_counter() - started)
+                    any_run["reference"]["classifier_test_accuracy"])
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
