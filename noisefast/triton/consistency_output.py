@@ -45,7 +45,7 @@ def _constants(sd, m, consts_ptr, acc_ty: tl.constexpr, FROM_PTR: tl.constexpr):
     if FROM_PTR:
         return tl.load(consts_ptr).to(acc_ty), tl.load(consts_ptr + 1).to(acc_ty)
     else:
-        return sd.to(acc_ty), m.to(acc_ty)
+        return tl.cast(sd, acc_ty), tl.cast(m, acc_ty)
 
 
 @triton.jit

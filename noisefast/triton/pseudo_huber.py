@@ -56,7 +56,7 @@ def _load_c(c, c_ptr, acc_ty: tl.constexpr, C_FROM_PTR: tl.constexpr):
     if C_FROM_PTR:
         return tl.load(c_ptr).to(acc_ty)
     else:
-        return c.to(acc_ty)
+        return tl.cast(c, acc_ty)
 
 
 @triton.jit
