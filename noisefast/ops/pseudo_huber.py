@@ -62,12 +62,12 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def blocked_layout(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself when it is sample-blocked, else a contiguous copy."""
-    return t if _is_sample_blocked(t) else t.contiguous()
+    return t if t.is_contiguous() or _is_sample_blocked(t) else t.contiguous()
 
 
 def like_layout(t: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     """``t`` with the strides of the sample-blocked tensor ``layout`` (a copy only when they differ)."""
-    if _is_sample_blocked(t) and _same_layout(t, layout):
+    if (t.is_contiguous() and layout.is_contiguous()) or (_is_sample_blocked(t) and _same_layout(t, layout)):
         return t
     return torch.empty_like(layout).copy_(t)
 
