@@ -38,6 +38,13 @@ def _exact(raw, x, sigma, **kwargs):
     return _out_and_grads(ref.consistency_output, raw.double(), x.double(), sigma.double(), **kwargs)
 
 
+def _eager_low(raw, x, sigma):
+    """What eager code computes: the scalings and the blend in the data's dtype."""
+    c_skip, c_out, _ = ref.consistency_scalings(sigma, SIGMA_DATA, SIGMA_MIN)
+    shape = (-1,) + (1,) * (raw.dim() - 1)
+    return c_skip.view(shape) * x + c_out.view(shape) * raw
+
+
 # --- the boundary condition ------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -124,12 +131,7 @@ def test_low_precision_rule(backend, dtype):
     raw, x, sigma = _data((6, 3, 19, 23), dtype, seed=5)
     sigma = sigma.to(dtype)
     got = run_on(backend, _out_and_grads, consistency_output, raw, x, sigma)
-
-    def eager(raw, x, sigma):  # what eager code computes: scalings and blend in the data's dtype
-        c_skip, c_out, _ = ref.consistency_scalings(sigma, SIGMA_DATA, SIGMA_MIN)
-        return c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * raw
-
-    low = _out_and_grads(eager, raw, x, sigma)
+    low = _out_and_grads(_eager_low, raw, x, sigma)
     exact = _exact(raw, x, sigma)
     assert got[0].dtype == dtype
     for g, e, w, what in zip(got, low, exact, ("out", "grad raw", "grad x", "grad sigma")):
@@ -261,3 +263,36 @@ def test_bad_arguments(kwargs, error, name):
     raw, x, sigma = args.pop("raw"), args.pop("x"), args.pop("sigma")
     with pytest.raises(error, match=name):
         consistency_output(raw, x, sigma, **args)
+
+
+@pytest.mark.triton
+def test_triton_long_programs(monkeypatch):
+    # Fewer target programs than the GPU default: several iterations and chunks per sample.
+    import noisefast.triton.pseudo_huber as tph
+
+    monkeypatch.setattr(tph, "TARGET_PROGRAMS", 4)
+    raw, x, sigma = _data((2, 20000), torch.float32, seed=11)
+    got = run_on("triton", _out_and_grads, consistency_output, raw, x, sigma.float())
+    want = _exact(raw, x, sigma.float())
+    for g, w, what in zip(got, want, ("out", "grad raw", "grad x", "grad sigma")):
+        assert_close(g, w.float(), rtol=2e-5, atol=1e-5, what=what)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (3, 1_000_003), (100_000, 3)], ids=["cifar", "long", "narrow"])
+def test_cuda_matches_reference(dtype, shape):
+    raw, x, sigma = _data(shape, dtype, seed=12)
+    got = _out_and_grads(consistency_output, raw.cuda(), x.cuda(), sigma.to(dtype).cuda())
+    exact = _exact(raw, x, sigma.to(dtype))
+    if dtype == torch.bfloat16:
+        low = _out_and_grads(_eager_low, raw, x, sigma.to(dtype))
+        for g, e, w in zip(got, low, exact):
+            assert_low_precision_rule(g.cpu(), e, w, what="bf16")
+        return
+    rtol = 1e-12 if dtype == torch.float64 else 2e-5
+    for g, w in zip(got, exact):
+        assert_close(g.cpu(), w.to(dtype), rtol=rtol, atol=rtol * 10, what=str(dtype))
+    x_exact = x + 0.0
+    out = consistency_output(raw.cuda(), x_exact.cuda(), SIGMA_MIN)
+    assert torch.equal(out.cpu(), x_exact)

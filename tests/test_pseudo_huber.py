@@ -371,3 +371,40 @@ def test_bad_arguments(kwargs, error, name):
     input, target = args.pop("input"), args.pop("target")
     with pytest.raises(error, match=name):
         pseudo_huber_loss(input, target, **args)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("per_sample", FORMS)
+def test_triton_long_programs(monkeypatch, per_sample):
+    # Fewer target programs than the GPU default, so a small input already takes the long-sample
+    # path: several iterations per program (ITERS = 16) and several chunks per sample (P = 2).
+    import noisefast.triton.pseudo_huber as tph
+
+    monkeypatch.setattr(tph, "TARGET_PROGRAMS", 4)
+    assert tph._tiling(2, 20000) == (1, 1024, 16, 2)
+    a, b = _pair((2, 20000), torch.float32, seed=20)
+    loss, ga, gb = run_on("triton", _loss_and_grads, pseudo_huber_loss, a, b, per_sample=per_sample)
+    exact, ea, eb = _exact(a, b, per_sample=per_sample)
+    assert_close(loss, exact.float(), rtol=2e-6, atol=1e-7, what="loss")
+    assert_close(ga, ea.float(), rtol=1e-5, atol=1e-8, what="grad input")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("per_sample", FORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (3, 1_000_003), (100_000, 3), (1, 1)],
+                         ids=["cifar", "long", "narrow", "B1_D1"])
+def test_cuda_matches_reference(per_sample, dtype, shape):
+    a, b = _pair(shape, dtype, seed=21)
+    loss, ga, gb = _loss_and_grads(pseudo_huber_loss, a.cuda(), b.cuda(), per_sample=per_sample)
+    exact, ea, eb = _exact(a, b, per_sample=per_sample)
+    if dtype == torch.bfloat16:
+        eager, eager_a, eager_b = _loss_and_grads(_eager_low, a, b, per_sample=per_sample)
+        assert_low_precision_rule(loss.cpu(), eager, exact, what="bf16 loss")
+        assert_low_precision_rule(ga.cpu(), eager_a, ea, what="bf16 grad input")
+        assert_low_precision_rule(gb.cpu(), eager_b, eb, what="bf16 grad target")
+        return
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_close(loss.cpu(), exact.to(dtype), rtol=rtol, atol=0, what="loss")
+    assert_close(ga.cpu(), ea.to(dtype), rtol=rtol * 10, atol=1e-10, what="grad input")
+    assert_close(gb.cpu(), eb.to(dtype), rtol=rtol * 10, atol=1e-10, what="grad target")

@@ -159,8 +159,8 @@ def consistency_scalings(sigma, sigma_data: float = 0.5, sigma_min: float = 0.00
 
 
 def consistency_scalings_grad(sigma: torch.Tensor, sigma_data: float, sigma_min: float):
-    """(d c_skip / d sigma, d c_out / d sigma):
-    -2 sd^2 (sigma - sigma_min) / ((sigma - sigma_min)^2 + sd^2)^2 and sd (sd^2 + sigma_min sigma) / (sigma^2 + sd^2)^1.5."""
+    """(d c_skip / d sigma, d c_out / d sigma) = (-2 sd^2 (sigma - sigma_min) / ((sigma - sigma_min)^2 + sd^2)^2,
+    sd (sd^2 + sigma_min sigma) / (sigma^2 + sd^2)^1.5)."""
     shifted = sigma - sigma_min
     skip_denom = shifted * shifted + sigma_data * sigma_data
     norm2 = sigma * sigma + sigma_data * sigma_data

@@ -38,14 +38,14 @@ def _scalings_grad(sigma, sd, m):
 
 
 @triton.jit
-def _constants(sd, m, consts_ptr, acc_ty: tl.constexpr, FROM_PTR: tl.constexpr):
-    """(sigma_data, sigma_min) in the math dtype. Python floats reach a kernel as float32, so
-    float64 data reads them from a float64 tensor instead (f(x, sigma_min) = x needs the exact
-    sigma_min)."""
+def _constants(sd, m, consts_ptr, FROM_PTR: tl.constexpr):
+    """(sigma_data, sigma_min) in the math dtype. Python floats reach a kernel as float32, the math
+    type of 16/32-bit data; float64 data reads them from a float64 tensor instead
+    (f(x, sigma_min) = x needs sigma_min exact)."""
     if FROM_PTR:
-        return tl.load(consts_ptr).to(acc_ty), tl.load(consts_ptr + 1).to(acc_ty)
+        return tl.load(consts_ptr), tl.load(consts_ptr + 1)
     else:
-        return tl.cast(sd, acc_ty), tl.cast(m, acc_ty)
+        return tl.cast(sd, tl.float32), tl.cast(m, tl.float32)
 
 
 @triton.jit
@@ -67,9 +67,9 @@ def _tile(pid, B, D, P, ROWS: tl.constexpr, COLS: tl.constexpr, ITERS: tl.conste
 @triton.jit
 def _forward_kernel(raw_ptr, x_ptr, sigma_ptr, sd, m, consts_ptr, out_ptr, B, D, P, SHARED: tl.constexpr,
                     CONSTS_FROM_PTR: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, ITERS: tl.constexpr):
-    acc_ty: tl.constexpr = sigma_ptr.dtype.element_ty
+    acc_ty = sigma_ptr.dtype.element_ty
     chunk, rows, row_ok, cols = _tile(tl.program_id(0), B, D, P, ROWS, COLS, ITERS)
-    sd, m = _constants(sd, m, consts_ptr, acc_ty, CONSTS_FROM_PTR)
+    sd, m = _constants(sd, m, consts_ptr, CONSTS_FROM_PTR)
     c_skip, c_out = _scalings(_sigma_rows(sigma_ptr, rows, row_ok, SHARED), sd, m)
     for it in range(ITERS):
         col = cols + it * COLS
@@ -84,10 +84,11 @@ def _forward_kernel(raw_ptr, x_ptr, sigma_ptr, sd, m, consts_ptr, out_ptr, B, D,
 @triton.jit
 def _backward_kernel(grad_ptr, raw_ptr, x_ptr, sigma_ptr, sd, m, consts_ptr, graw_ptr, gx_ptr, sums_ptr,
                      B, D, P, SHARED: tl.constexpr, CONSTS_FROM_PTR: tl.constexpr, WANT_RAW: tl.constexpr,
-                     WANT_X: tl.constexpr, WANT_SIGMA: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, ITERS: tl.constexpr):
-    acc_ty: tl.constexpr = sigma_ptr.dtype.element_ty
+                     WANT_X: tl.constexpr, WANT_SIGMA: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+                     ITERS: tl.constexpr):
+    acc_ty = sigma_ptr.dtype.element_ty
     chunk, rows, row_ok, cols = _tile(tl.program_id(0), B, D, P, ROWS, COLS, ITERS)
-    sd, m = _constants(sd, m, consts_ptr, acc_ty, CONSTS_FROM_PTR)
+    sd, m = _constants(sd, m, consts_ptr, CONSTS_FROM_PTR)
     c_skip, c_out = _scalings(_sigma_rows(sigma_ptr, rows, row_ok, SHARED), sd, m)
     sum_gx = tl.zeros([ROWS, COLS], dtype=acc_ty)
     sum_graw = tl.zeros([ROWS, COLS], dtype=acc_ty)
@@ -112,9 +113,9 @@ def _backward_kernel(grad_ptr, raw_ptr, x_ptr, sigma_ptr, sd, m, consts_ptr, gra
 @triton.jit
 def _sigma_grad_kernel(sums_ptr, sigma_ptr, sd, m, consts_ptr, out_ptr, P, SHARED: tl.constexpr,
                        CONSTS_FROM_PTR: tl.constexpr, BLOCK_P: tl.constexpr):
-    acc_ty: tl.constexpr = sigma_ptr.dtype.element_ty
+    acc_ty = sigma_ptr.dtype.element_ty
     row = tl.program_id(0).to(tl.int64)
-    sd, m = _constants(sd, m, consts_ptr, acc_ty, CONSTS_FROM_PTR)
+    sd, m = _constants(sd, m, consts_ptr, CONSTS_FROM_PTR)
     if SHARED:
         sigma = tl.load(sigma_ptr)
     else:

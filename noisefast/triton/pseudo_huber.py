@@ -51,25 +51,26 @@ def _finish(total, c, D, PER_SAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _load_c(c, c_ptr, acc_ty: tl.constexpr, C_FROM_PTR: tl.constexpr):
-    # Python floats reach a kernel as float32; float64 data reads c from a float64 tensor.
+def _load_c(c, c_ptr, C_FROM_PTR: tl.constexpr):
+    # Python floats reach a kernel as float32, the math type of 16/32-bit data; float64 data reads
+    # c from a float64 tensor instead.
     if C_FROM_PTR:
-        return tl.load(c_ptr).to(acc_ty)
+        return tl.load(c_ptr)
     else:
-        return tl.cast(c, acc_ty)
+        return tl.cast(c, tl.float32)
 
 
 @triton.jit
 def _forward_kernel(a_ptr, b_ptr, c, c_ptr, partial_ptr, loss_ptr, B, D, P,
                     PER_SAMPLE: tl.constexpr, FINAL: tl.constexpr, C_FROM_PTR: tl.constexpr,
                     ROWS: tl.constexpr, COLS: tl.constexpr, ITERS: tl.constexpr):
-    acc_ty: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc_ty = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
     pid = tl.program_id(0)
     chunk = pid % P
     rows = (pid // P).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
     cols = chunk.to(tl.int64) * (COLS * ITERS) + tl.arange(0, COLS)
-    cval = _load_c(c, c_ptr, acc_ty, C_FROM_PTR)
+    cval = _load_c(c, c_ptr, C_FROM_PTR)
     acc = tl.zeros([ROWS, COLS], dtype=acc_ty)
     for it in range(ITERS):
         col = cols + it * COLS
@@ -77,7 +78,8 @@ def _forward_kernel(a_ptr, b_ptr, c, c_ptr, partial_ptr, loss_ptr, B, D, P,
         offs = rows[:, None] * D + col[None, :]
         # Upcast right after the load (bf16 arithmetic is wrong in the interpreter, and the math
         # is float32 anyway); masked lanes give e = 0, whose term is 0.
-        e = tl.load(a_ptr + offs, mask=mask, other=0.0).to(acc_ty) - tl.load(b_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        e = (tl.load(a_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+             - tl.load(b_ptr + offs, mask=mask, other=0.0).to(acc_ty))
         s = e * e
         if not PER_SAMPLE:
             s = _term(s, cval)
@@ -92,28 +94,28 @@ def _forward_kernel(a_ptr, b_ptr, c, c_ptr, partial_ptr, loss_ptr, B, D, P,
 @triton.jit
 def _finish_kernel(partial_ptr, c, c_ptr, loss_ptr, D, P,
                    PER_SAMPLE: tl.constexpr, C_FROM_PTR: tl.constexpr, BLOCK_P: tl.constexpr):
-    acc_ty: tl.constexpr = partial_ptr.dtype.element_ty
+    acc_ty = partial_ptr.dtype.element_ty
     row = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK_P], dtype=acc_ty)
     for start in range(0, P, BLOCK_P):
         k = start + tl.arange(0, BLOCK_P)
         acc += tl.load(partial_ptr + row * P + k, mask=k < P, other=0.0)
     total = tl.sum(acc, axis=0)
-    tl.store(loss_ptr + row, _finish(total, _load_c(c, c_ptr, acc_ty, C_FROM_PTR), D, PER_SAMPLE))
+    tl.store(loss_ptr + row, _finish(total, _load_c(c, c_ptr, C_FROM_PTR), D, PER_SAMPLE))
 
 
 @triton.jit
 def _backward_kernel(a_ptr, b_ptr, grad_ptr, loss_ptr, c, c_ptr, ga_ptr, gb_ptr, B, D, P,
                      PER_SAMPLE: tl.constexpr, WANT_INPUT: tl.constexpr, WANT_TARGET: tl.constexpr,
                      C_FROM_PTR: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, ITERS: tl.constexpr):
-    acc_ty: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
-    out_ty: tl.constexpr = a_ptr.dtype.element_ty
+    acc_ty = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
+    out_ty = a_ptr.dtype.element_ty
     pid = tl.program_id(0)
     chunk = pid % P
     rows = (pid // P).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
     cols = chunk.to(tl.int64) * (COLS * ITERS) + tl.arange(0, COLS)
-    cval = _load_c(c, c_ptr, acc_ty, C_FROM_PTR)
+    cval = _load_c(c, c_ptr, C_FROM_PTR)
     g = tl.load(grad_ptr + rows, mask=row_ok, other=0.0).to(acc_ty)
     if PER_SAMPLE:
         # root = sqrt(||e_b||^2 + c^2) = loss_b + c: the saved loss is all the backward needs.
@@ -124,7 +126,8 @@ def _backward_kernel(a_ptr, b_ptr, grad_ptr, loss_ptr, c, c_ptr, ga_ptr, gb_ptr,
         col = cols + it * COLS
         mask = row_ok[:, None] & (col[None, :] < D)
         offs = rows[:, None] * D + col[None, :]
-        e = tl.load(a_ptr + offs, mask=mask, other=0.0).to(acc_ty) - tl.load(b_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        e = (tl.load(a_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+             - tl.load(b_ptr + offs, mask=mask, other=0.0).to(acc_ty))
         if PER_SAMPLE:
             grad = k[:, None] * e
         else:
