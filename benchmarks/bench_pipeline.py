@@ -80,8 +80,8 @@ def noisefast_step(noise, x, step, weights, shadows, c: float):
 def test_consistency_step(benchmark, provider, setup):
     x, sigmas, probs, weights, shadows, c = setup
     if provider == "noisefast":
-        noise = noisefast.ConsistencyNoise(levels=noisefast.LogNormalLevels(), curriculum="constant",
-                                           total_steps=1000, num_levels=NUM_LEVELS)
+        noise = noisefast.ConsistencyNoise(levels=noisefast.LogNormalLevels(),
+                                           curriculum=noisefast.ConstantCurriculum(NUM_LEVELS), total_steps=1000)
         fn = lambda: noisefast_step(noise, x, 10, weights, shadows, c)  # noqa: E731
     elif provider == "eager":
         fn = lambda: eager_step(x, sigmas, probs, weights, shadows, c)  # noqa: E731

@@ -1,0 +1,234 @@
+// noisefast_C::consistency_output / consistency_output_backward on the CPU (semantics in
+// noisefast/ops/consistency_output.py):
+//   out = c_skip(sigma_b) * x + c_out(sigma_b) * raw,
+//   c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2),  c_out = sd (sigma - sigma_min) / sqrt(sigma^2 + sd^2)
+// (iCT, Song & Dhariwal 2023; formulas.md section 2). sigma is [S] in the math dtype, S = 1 (one
+// sigma for the batch) or S = B. raw, x (and grad in backward) arrive sample-blocked with equal
+// strides, so sample b is memory [b*D, (b+1)*D) and the output takes raw's layout.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "noisefast/pseudo_huber.h"  // SampleChunks
+
+namespace noisefast {
+namespace {
+
+constexpr int64_t kTaskElements = int64_t{1} << 14;
+
+template <typename acc_t>
+struct Scalings {
+  acc_t skip, out;
+};
+
+// At sigma = sigma_min: c_skip = sd^2 / sd^2 = 1 and c_out = 0 exactly, so f(x, sigma_min) = x.
+template <typename acc_t>
+Scalings<acc_t> scalings(acc_t sigma, acc_t sd, acc_t sigma_min) {
+  const acc_t shifted = sigma - sigma_min;
+  return {sd * sd / (shifted * shifted + sd * sd), sd * shifted / std::sqrt(sigma * sigma + sd * sd)};
+}
+
+// d c_skip / d sigma and d c_out / d sigma.
+template <typename acc_t>
+Scalings<acc_t> scalings_grad(acc_t sigma, acc_t sd, acc_t sigma_min) {
+  const acc_t shifted = sigma - sigma_min;
+  const acc_t skip_denom = shifted * shifted + sd * sd;
+  const acc_t norm2 = sigma * sigma + sd * sd;
+  return {-2 * sd * sd * shifted / (skip_denom * skip_denom),
+          sd * (sd * sd + sigma_min * sigma) / (norm2 * std::sqrt(norm2))};
+}
+
+bool sample_blocked(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  const int64_t samples = t.size(0);
+  return t.is_non_overlapping_and_dense() && (samples <= 1 || t.stride(0) == t.numel() / samples);
+}
+
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0) return true;  // nothing is read
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
+void check_args(const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma) {
+  TORCH_CHECK(raw.dim() >= 1, "noisefast: consistency_output: raw needs a batch dimension");
+  TORCH_CHECK(raw.sizes() == x.sizes() && raw.scalar_type() == x.scalar_type(),
+              "noisefast: consistency_output: raw and x differ in shape or dtype");
+  TORCH_CHECK(sample_blocked(raw) && same_layout(raw, x),
+              "noisefast: consistency_output kernels need sample-blocked raw and x with equal strides");
+  const at::ScalarType acc = raw.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(sigma.dim() == 1 && (sigma.size(0) == 1 || sigma.size(0) == raw.size(0)) && sigma.is_contiguous() &&
+                  sigma.scalar_type() == acc,
+              "noisefast: consistency_output: sigma must be a contiguous [1] or [B] tensor in the math dtype");
+}
+
+at::Tensor consistency_output_cpu(const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma,
+                                  double sigma_data, double sigma_min) {
+  check_args(raw, x, sigma);
+  at::Tensor out = at::empty_like(raw);
+  if (raw.numel() == 0) return out;
+  const int64_t samples = raw.size(0);
+  const int64_t elements = raw.numel() / samples;
+  const SampleChunks split(samples, elements, kTaskElements);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "consistency_output_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* r = raw.const_data_ptr<scalar_t>();
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const acc_t* sig = sigma.const_data_ptr<acc_t>();
+    const bool shared = sigma.size(0) == 1;
+    const acc_t sd = static_cast<acc_t>(sigma_data), m = static_cast<acc_t>(sigma_min);
+    const int64_t grain = std::max<int64_t>(1, kTaskElements / elements);
+    at::parallel_for(0, split.tasks(), grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t s = split.sample_of(task);
+        const Scalings<acc_t> k = scalings(sig[shared ? 0 : s], sd, m);
+        const int64_t offset = s * elements + split.begin_of(task);
+        const scalar_t* __restrict__ rr = r + offset;
+        const scalar_t* __restrict__ xx = xs + offset;
+        scalar_t* __restrict__ oo = o + offset;
+        const int64_t n = split.end_of(task) - split.begin_of(task);
+        for (int64_t i = 0; i < n; ++i) {
+          oo[i] = static_cast<scalar_t>(k.skip * static_cast<acc_t>(xx[i]) + k.out * static_cast<acc_t>(rr[i]));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// grad_raw = c_out * g, grad_x = c_skip * g, and per task the sums of g*x and g*raw that the sigma
+// gradient needs (written to sums[2 * task], sums[2 * task + 1]).
+template <bool kRaw, bool kX, bool kSigma, typename scalar_t>
+void backward_run(const scalar_t* __restrict__ g, const scalar_t* __restrict__ r, const scalar_t* __restrict__ xs,
+                  scalar_t* __restrict__ gr, scalar_t* __restrict__ gx, int64_t n,
+                  Scalings<at::opmath_type<scalar_t>> k, double* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // Independent lanes keep the sums vectorisable; 4096-element blocks move to double (as in
+  // pseudo_huber_cpu.cpp) so the float rounding error stays ~1e-6 relative.
+  constexpr int kLanes = 8;
+  constexpr int64_t kInner = 4096;
+  double sum_gx = 0, sum_gr = 0;
+  for (int64_t start = 0; start < n; start += kInner) {
+    const int64_t stop = std::min(n, start + kInner);
+    acc_t lanes_gx[kLanes] = {}, lanes_gr[kLanes] = {};
+    auto body = [&](int64_t i, int lane) {
+      const acc_t gi = static_cast<acc_t>(g[i]);
+      if (kRaw) gr[i] = static_cast<scalar_t>(k.out * gi);
+      if (kX) gx[i] = static_cast<scalar_t>(k.skip * gi);
+      if (kSigma) {
+        lanes_gx[lane] += gi * static_cast<acc_t>(xs[i]);
+        lanes_gr[lane] += gi * static_cast<acc_t>(r[i]);
+      }
+    };
+    int64_t i = start;
+    for (; i + kLanes <= stop; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) body(i + l, l);
+    }
+    for (; i < stop; ++i) body(i, 0);
+    if (kSigma) {
+      for (int l = 0; l < kLanes; ++l) {
+        sum_gx += static_cast<double>(lanes_gx[l]);
+        sum_gr += static_cast<double>(lanes_gr[l]);
+      }
+    }
+  }
+  if (kSigma) {
+    sums[0] = sum_gx;
+    sums[1] = sum_gr;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> consistency_output_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma, double sigma_data,
+    double sigma_min, bool want_raw, bool want_x, bool want_sigma) {
+  check_args(raw, x, sigma);
+  TORCH_CHECK(grad.sizes() == raw.sizes() && grad.scalar_type() == raw.scalar_type() && same_layout(grad, raw),
+              "noisefast: consistency_output_backward: grad must match raw in shape, dtype and strides");
+  at::Tensor grad_raw = want_raw ? at::empty_like(raw) : at::empty({0}, raw.options());
+  at::Tensor grad_x = want_x ? at::empty_like(raw) : at::empty({0}, raw.options());
+  at::Tensor grad_sigma = want_sigma ? at::zeros_like(sigma) : at::empty({0}, sigma.options());
+  if (raw.numel() == 0 || !(want_raw || want_x || want_sigma)) return {grad_raw, grad_x, grad_sigma};
+  const int64_t samples = raw.size(0);
+  const int64_t elements = raw.numel() / samples;
+  const SampleChunks split(samples, elements, kTaskElements);
+  std::vector<double> sums(want_sigma ? 2 * split.tasks() : 0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "consistency_output_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* r = raw.const_data_ptr<scalar_t>();
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    scalar_t* gr = want_raw ? grad_raw.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gx = want_x ? grad_x.data_ptr<scalar_t>() : nullptr;
+    const acc_t* sig = sigma.const_data_ptr<acc_t>();
+    const bool shared = sigma.size(0) == 1;
+    const acc_t sd = static_cast<acc_t>(sigma_data), m = static_cast<acc_t>(sigma_min);
+    const int64_t grain = std::max<int64_t>(1, kTaskElements / elements);
+    at::parallel_for(0, split.tasks(), grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t s = split.sample_of(task);
+        const Scalings<acc_t> k = scalings(sig[shared ? 0 : s], sd, m);
+        const int64_t offset = s * elements + split.begin_of(task);
+        const int64_t n = split.end_of(task) - split.begin_of(task);
+        double* task_sums = want_sigma ? sums.data() + 2 * task : nullptr;
+        const scalar_t* gg = g + offset;
+        const scalar_t* rr = r + offset;
+        const scalar_t* xx = xs + offset;
+        scalar_t* gro = want_raw ? gr + offset : nullptr;
+        scalar_t* gxo = want_x ? gx + offset : nullptr;
+        // The eight combinations of wanted gradients, each compiled without branches inside.
+        const int which = (want_raw ? 4 : 0) | (want_x ? 2 : 0) | (want_sigma ? 1 : 0);
+        switch (which) {
+          case 1: backward_run<false, false, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+          case 2: backward_run<false, true, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+          case 3: backward_run<false, true, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+          case 4: backward_run<true, false, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+          case 5: backward_run<true, false, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+          case 6: backward_run<true, true, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+          default: backward_run<true, true, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+        }
+      }
+    });
+    if (want_sigma) {
+      acc_t* out = grad_sigma.data_ptr<acc_t>();
+      double shared_total = 0;  // one sigma for the batch: its gradient adds over the samples
+      for (int64_t s = 0; s < samples; ++s) {
+        double sum_gx = 0, sum_gr = 0;
+        for (int64_t c = 0; c < split.per_sample; ++c) {
+          sum_gx += sums[2 * (s * split.per_sample + c)];
+          sum_gr += sums[2 * (s * split.per_sample + c) + 1];
+        }
+        const Scalings<acc_t> dk = scalings_grad(sig[shared ? 0 : s], sd, m);
+        const double value = static_cast<double>(dk.skip) * sum_gx + static_cast<double>(dk.out) * sum_gr;
+        if (shared) shared_total += value;
+        else out[s] = static_cast<acc_t>(value);
+      }
+      if (shared) out[0] = static_cast<acc_t>(shared_total);
+    }
+  });
+  return {grad_raw, grad_x, grad_sigma};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(noisefast_C, m) {
+  m.def("consistency_output(Tensor raw, Tensor x, Tensor sigma, float sigma_data, float sigma_min) -> Tensor");
+  m.def("consistency_output_backward(Tensor grad, Tensor raw, Tensor x, Tensor sigma, float sigma_data, "
+        "float sigma_min, bool want_raw, bool want_x, bool want_sigma) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(noisefast_C, CPU, m) {
+  m.impl("consistency_output", &consistency_output_cpu);
+  m.impl("consistency_output_backward", &consistency_output_backward_cpu);
+}
+
+}  // namespace noisefast

@@ -1,0 +1,201 @@
+"""Triton kernels of noisefast_C::pseudo_huber_forward / pseudo_huber_backward.
+
+The same math as csrc/include/noisefast/pseudo_huber.h (the term s / (sqrt(s + c^2) + c), its
+derivative e / root with 1/0 taken as 0). Input and target arrive sample-blocked with equal
+strides (see noisefast/ops/pseudo_huber.py), so sample b is memory [b*D, (b+1)*D).
+
+Tiling: a program owns a tile of ROWS samples x (COLS * ITERS) elements. Wide samples (D >= BLOCK)
+use ROWS = 1 and are cut into P chunks so that about TARGET_PROGRAMS programs run; narrow samples
+are packed ROWS to a program (B = 1e6 samples of D = 4 is 4e3 programs, not 1e6). The forward
+pass writes one partial sum per (sample, chunk); a second small kernel adds the partials of each
+sample in a fixed order (deterministic, no atomics) and applies the term. When P = 1 the first
+kernel finishes the job alone.
+"""
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024           # elements per program per iteration (ROWS * COLS)
+TARGET_PROGRAMS = 1024  # enough to fill an H100 (132 SMs) several times over
+MAX_ITERS = 64         # at most 64K elements per program
+FINISH_BLOCK = 1024    # partials read per step by the finishing kernel
+
+
+@triton.jit
+def _sqrt(x):
+    # tl.sqrt is the approximate square root in float32; sqrt_rn rounds correctly (float32 only).
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _term(s, c):
+    """sqrt(s + c^2) - c as s / (sqrt(s + c^2) + c); 0 for s = c = 0, inf for s = inf."""
+    denom = _sqrt(s + c * c) + c
+    return tl.where((denom > 0) & (s < float("inf")), s / denom, s)
+
+
+@triton.jit
+def _inv_root(root):
+    return tl.where(root != 0, 1 / root, 0.0)
+
+
+@triton.jit
+def _finish(total, c, D, PER_SAMPLE: tl.constexpr):
+    if PER_SAMPLE:
+        return _term(total, c)
+    else:
+        return total / D  # NaN for D = 0: the mean over no elements
+
+
+@triton.jit
+def _load_c(c, c_ptr, C_FROM_PTR: tl.constexpr):
+    # Python floats reach a kernel as float32, the math type of 16/32-bit data; float64 data reads
+    # c from a float64 tensor instead.
+    if C_FROM_PTR:
+        return tl.load(c_ptr)
+    else:
+        return tl.cast(c, tl.float32)
+
+
+@triton.jit
+def _forward_kernel(a_ptr, b_ptr, c, c_ptr, partial_ptr, loss_ptr, B, D, P,
+                    PER_SAMPLE: tl.constexpr, FINAL: tl.constexpr, C_FROM_PTR: tl.constexpr,
+                    ROWS: tl.constexpr, COLS: tl.constexpr, ITERS: tl.constexpr):
+    acc_ty = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
+    pid = tl.program_id(0)
+    chunk = pid % P
+    rows = (pid // P).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < B
+    cols = chunk.to(tl.int64) * (COLS * ITERS) + tl.arange(0, COLS)
+    cval = _load_c(c, c_ptr, C_FROM_PTR)
+    acc = tl.zeros([ROWS, COLS], dtype=acc_ty)
+    for it in range(ITERS):
+        col = cols + it * COLS
+        mask = row_ok[:, None] & (col[None, :] < D)
+        offs = rows[:, None] * D + col[None, :]
+        # Upcast right after the load (bf16 arithmetic is wrong in the interpreter, and the math
+        # is float32 anyway); masked lanes give e = 0, whose term is 0.
+        e = (tl.load(a_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+             - tl.load(b_ptr + offs, mask=mask, other=0.0).to(acc_ty))
+        s = e * e
+        if not PER_SAMPLE:
+            s = _term(s, cval)
+        acc += s
+    total = tl.sum(acc, axis=1)
+    if FINAL:
+        tl.store(loss_ptr + rows, _finish(total, cval, D, PER_SAMPLE), mask=row_ok)
+    else:
+        tl.store(partial_ptr + rows * P + chunk, total, mask=row_ok)
+
+
+@triton.jit
+def _finish_kernel(partial_ptr, c, c_ptr, loss_ptr, D, P,
+                   PER_SAMPLE: tl.constexpr, C_FROM_PTR: tl.constexpr, BLOCK_P: tl.constexpr):
+    acc_ty = partial_ptr.dtype.element_ty
+    row = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK_P], dtype=acc_ty)
+    for start in range(0, P, BLOCK_P):
+        k = start + tl.arange(0, BLOCK_P)
+        acc += tl.load(partial_ptr + row * P + k, mask=k < P, other=0.0)
+    total = tl.sum(acc, axis=0)
+    tl.store(loss_ptr + row, _finish(total, _load_c(c, c_ptr, C_FROM_PTR), D, PER_SAMPLE))
+
+
+@triton.jit
+def _backward_kernel(a_ptr, b_ptr, grad_ptr, loss_ptr, c, c_ptr, ga_ptr, gb_ptr, B, D, P,
+                     PER_SAMPLE: tl.constexpr, WANT_INPUT: tl.constexpr, WANT_TARGET: tl.constexpr,
+                     C_FROM_PTR: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, ITERS: tl.constexpr):
+    acc_ty = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
+    out_ty = a_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    chunk = pid % P
+    rows = (pid // P).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < B
+    cols = chunk.to(tl.int64) * (COLS * ITERS) + tl.arange(0, COLS)
+    cval = _load_c(c, c_ptr, C_FROM_PTR)
+    g = tl.load(grad_ptr + rows, mask=row_ok, other=0.0).to(acc_ty)
+    if PER_SAMPLE:
+        # root = sqrt(||e_b||^2 + c^2) = loss_b + c: the saved loss is all the backward needs.
+        k = g * _inv_root(tl.load(loss_ptr + rows, mask=row_ok, other=0.0).to(acc_ty) + cval)
+    else:
+        k = g / D
+    for it in range(ITERS):
+        col = cols + it * COLS
+        mask = row_ok[:, None] & (col[None, :] < D)
+        offs = rows[:, None] * D + col[None, :]
+        e = (tl.load(a_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+             - tl.load(b_ptr + offs, mask=mask, other=0.0).to(acc_ty))
+        if PER_SAMPLE:
+            grad = k[:, None] * e
+        else:
+            grad = k[:, None] * (e * _inv_root(_sqrt(e * e + cval * cval)))
+        if WANT_INPUT:
+            tl.store(ga_ptr + offs, grad.to(out_ty), mask=mask)
+        if WANT_TARGET:
+            tl.store(gb_ptr + offs, (-grad).to(out_ty), mask=mask)
+
+
+def _tiling(samples: int, elements: int):
+    """(ROWS, COLS, ITERS, P): the tile of one program and the number of chunks per sample."""
+    cols = min(BLOCK, triton.next_power_of_2(max(elements, 1)))
+    rows = BLOCK // cols
+    if cols < BLOCK:
+        return rows, cols, 1, 1
+    chunks_wanted = max(1, triton.cdiv(TARGET_PROGRAMS, samples))
+    iters = min(MAX_ITERS, triton.next_power_of_2(max(1, triton.cdiv(elements, BLOCK * chunks_wanted))))
+    return rows, cols, iters, triton.cdiv(elements, BLOCK * iters)
+
+
+def _c_args(c: float, like: torch.Tensor, acc: torch.dtype):
+    if acc == torch.float64:
+        return 0.0, torch.full((1,), c, dtype=acc, device=like.device), True
+    return c, like, False  # c_ptr is not read: any pointer will do
+
+
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def pseudo_huber_forward(input: torch.Tensor, target: torch.Tensor, c: float, per_sample: bool) -> torch.Tensor:
+    acc = _math_dtype(input.dtype)
+    samples = input.shape[0]
+    loss = torch.empty((samples,), dtype=acc, device=input.device)
+    if samples == 0:
+        return loss
+    elements = input.numel() // samples
+    if elements == 0:  # what the kernels would give: a zero norm, or a mean over nothing
+        return loss.fill_(0.0 if per_sample else float("nan"))
+    rows, cols, iters, chunks = _tiling(samples, elements)
+    c_value, c_ptr, c_from_ptr = _c_args(c, loss, acc)
+    partial = loss if chunks == 1 else torch.empty((samples * chunks,), dtype=acc, device=input.device)
+    grid = (triton.cdiv(samples, rows) * chunks,)
+    _forward_kernel[grid](input, target, c_value, c_ptr, partial, loss, samples, elements, chunks,
+                          PER_SAMPLE=per_sample, FINAL=chunks == 1, C_FROM_PTR=c_from_ptr,
+                          ROWS=rows, COLS=cols, ITERS=iters)
+    if chunks > 1:
+        _finish_kernel[(samples,)](partial, c_value, c_ptr, loss, elements, chunks, PER_SAMPLE=per_sample,
+                                   C_FROM_PTR=c_from_ptr, BLOCK_P=min(FINISH_BLOCK, triton.next_power_of_2(chunks)))
+    return loss
+
+
+def pseudo_huber_backward(grad: torch.Tensor, input: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
+                          c: float, per_sample: bool, want_input: bool, want_target: bool):
+    acc = _math_dtype(input.dtype)
+    empty = input.new_empty((0,))
+    grad_input = torch.empty_like(input) if want_input else empty
+    grad_target = torch.empty_like(input) if want_target else empty
+    samples = input.shape[0]
+    if input.numel() == 0 or not (want_input or want_target):
+        return grad_input, grad_target
+    elements = input.numel() // samples
+    rows, cols, iters, chunks = _tiling(samples, elements)
+    c_value, c_ptr, c_from_ptr = _c_args(c, loss, acc)
+    grid = (triton.cdiv(samples, rows) * chunks,)
+    _backward_kernel[grid](input, target, grad, loss, c_value, c_ptr,
+                           grad_input if want_input else input, grad_target if want_target else input,
+                           samples, elements, chunks, PER_SAMPLE=per_sample, WANT_INPUT=want_input,
+                           WANT_TARGET=want_target, C_FROM_PTR=c_from_ptr, ROWS=rows, COLS=cols, ITERS=iters)
+    return grad_input, grad_target
