@@ -53,8 +53,13 @@ def _extensions():
     debug = _flag("NOISEFAST_DEBUG")
     level = ["-g"] if debug else ["-g0", "-O3"]
     # No -std: torch.utils.cpp_extension picks the standard its headers need (C++20 for torch 2.14).
-    # -fno-math-errno lets loops calling sqrt vectorise (see csrc/cpu/normal_stream_cpu.h).
-    cxx_flags = level + ["-fvisibility=hidden", "-fno-math-errno"]
+    # -fopenmp: ATen's at::parallel_for is header code that runs serially unless the extension
+    # itself is compiled with OpenMP (torch ships libgomp.so.1; linking against the same soname
+    # reuses the runtime torch has loaded, so there is one thread pool).
+    # -fno-math-errno, -fno-trapping-math: loops calling sqrt or selecting with float compares
+    # vectorise (IEEE results are unchanged; only errno and FP-exception flags are given up).
+    cxx_flags = level + ["-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     include_dirs = [os.path.join(HERE, "csrc", "include")]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 
@@ -70,6 +75,7 @@ def _extensions():
             sources,
             include_dirs=include_dirs,
             define_macros=[("NOISEFAST_WITH_CUDA", "1")],
+            extra_link_args=link_flags,
             extra_compile_args={
                 "cxx": cxx_flags,
                 # nvcc emits no debug info unless asked (and rejects -g0).
@@ -79,7 +85,7 @@ def _extensions():
     else:
         print(f"noisefast: building CPU kernels only: {why_not_cuda}", file=sys.stderr)
         ext = CppExtension("noisefast._C", sources, include_dirs=include_dirs,
-                           extra_compile_args={"cxx": cxx_flags})
+                           extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None
                                                              or _has_ninja_module())}
 

@@ -5,7 +5,9 @@ The public API; every name is defined in a submodule and re-exported here.
 from . import plot, schedules
 from ._library import backends, use_backend
 from .consistency import ConsistencyBatch, ConsistencyNoise
+from .ops.consistency_output import consistency_output, consistency_scalings
 from .ops.perturbation import add_noise, consistency_pair
+from .ops.pseudo_huber import pseudo_huber_loss
 from .ops.sampled_pair import SampledPair, sampled_consistency_pair
 from .ops.gaussian_noise import gaussian_noise
 from .random import randn
@@ -50,6 +52,10 @@ __all__ = [
     "ConsistencyBatch",
     "sampled_consistency_pair",
     "SampledPair",
+    # consistency loss and parameterisation
+    "pseudo_huber_loss",
+    "consistency_output",
+    "consistency_scalings",
     # noise levels, level distributions, curricula
     "karras_sigmas",
     "KarrasLevels",

@@ -16,7 +16,8 @@
 #include <tuple>
 #include <vector>
 
-#include "noisefast/pseudo_huber.h"  // SampleChunks
+#include "noisefast/pseudo_huber.h"
+#include "noisefast/torch_checks.h"  // SampleChunks
 
 namespace noisefast {
 namespace {
@@ -43,20 +44,6 @@ Scalings<acc_t> scalings_grad(acc_t sigma, acc_t sd, acc_t sigma_min) {
   const acc_t norm2 = sigma * sigma + sd * sd;
   return {-2 * sd * sd * shifted / (skip_denom * skip_denom),
           sd * (sd * sd + sigma_min * sigma) / (norm2 * std::sqrt(norm2))};
-}
-
-bool sample_blocked(const at::Tensor& t) {
-  if (t.numel() == 0) return true;
-  const int64_t samples = t.size(0);
-  return t.is_non_overlapping_and_dense() && (samples <= 1 || t.stride(0) == t.numel() / samples);
-}
-
-bool same_layout(const at::Tensor& a, const at::Tensor& b) {
-  if (a.numel() == 0) return true;  // nothing is read
-  for (int64_t d = 0; d < a.dim(); ++d) {
-    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
-  }
-  return true;
 }
 
 void check_args(const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma) {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "noisefast/pseudo_huber.h"
+#include "noisefast/torch_checks.h"
 
 namespace noisefast {
 namespace {
@@ -110,20 +111,6 @@ double forward_chunk_best(bool avx2, const scalar_t* a, const scalar_t* b, int64
   if (avx2) return forward_chunk_avx2<kPerSample>(a, b, n, c);
 #endif
   return forward_chunk_baseline<kPerSample>(a, b, n, c);
-}
-
-bool sample_blocked(const at::Tensor& t) {
-  if (t.numel() == 0) return true;
-  const int64_t samples = t.size(0);
-  return t.is_non_overlapping_and_dense() && (samples <= 1 || t.stride(0) == t.numel() / samples);
-}
-
-bool same_layout(const at::Tensor& a, const at::Tensor& b) {
-  if (a.numel() == 0) return true;  // nothing is read
-  for (int64_t d = 0; d < a.dim(); ++d) {
-    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
-  }
-  return true;
 }
 
 void check_pair(const at::Tensor& input, const at::Tensor& target) {

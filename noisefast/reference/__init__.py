@@ -3,6 +3,7 @@
 Short, obviously correct code: the tests' oracle, the benchmarks' "eager" baseline, and the
 fallback when a compiled kernel is missing. One module per concern:
 ``random`` (the portable noise stream), ``noise`` (noise injection), ``perturbation`` (inputs of
-diffusion and consistency training).
+diffusion and consistency training), ``loss`` (the pseudo-Huber loss, the consistency
+parameterisation).
 """
-from . import noise, perturbation, random  # noqa: F401
+from . import loss, noise, perturbation, random  # noqa: F401

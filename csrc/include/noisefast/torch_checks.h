@@ -28,4 +28,22 @@ inline void check_nonnegative(int64_t value, const char* name) {
   TORCH_CHECK(value >= 0, "noisefast: ", name, " must be >= 0, got ", value);
 }
 
+// Whether each sample (index of dim 0) of t is one dense block of memory: contiguous and
+// channels-last tensors are, so per-sample kernels can read them without a copy.
+inline bool sample_blocked(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  const int64_t samples = t.size(0);
+  return t.is_non_overlapping_and_dense() && (samples <= 1 || t.stride(0) == t.numel() / samples);
+}
+
+// Whether a and b lay out their elements identically (strides of non-trivial dims equal), so one
+// linear walk over memory pairs up the same logical elements.
+inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0) return true;  // nothing is read
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
 }  // namespace noisefast
