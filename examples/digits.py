@@ -191,15 +191,11 @@ class DigitsUNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def input_scaling(sigma: torch.Tensor) -> torch.Tensor:
-    """c_in(sigma) = 1 / sqrt(sigma^2 + sigma_data^2) (iCT; formulas.md section 2)."""
-    return torch.rsqrt(sigma * sigma + SIGMA_DATA ** 2)
-
-
 class ConsistencyModel(nn.Module):
     """f(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, sigma), with f(x, sigma_min) = x.
 
-    ``sigma`` is a [B] tensor (any float dtype; used in x's dtype). The skip/out blend is
+    ``sigma`` is a [B] tensor (any float dtype; used in x's dtype). c_in = 1 / sqrt(sigma^2 +
+    sigma_data^2) comes from ``noisefast.consistency_scalings``; the skip/out blend is
     ``noisefast.consistency_output``."""
 
     def __init__(self, width: int = 32):
@@ -208,7 +204,8 @@ class ConsistencyModel(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(x.dtype)
-        raw = self.net(x * input_scaling(sigma)[:, None, None, None], sigma)
+        _, _, c_in = noisefast.consistency_scalings(sigma, SIGMA_DATA, SIGMA_MIN)
+        raw = self.net(x * c_in[:, None, None, None], sigma)
         return noisefast.consistency_output(raw, x, sigma, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN)
 
 
