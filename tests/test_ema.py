@@ -649,9 +649,12 @@ def test_bad_state_dict_leaves_ema_unchanged(how):
 
 
 def _ulp_diff(a, b):
-    ai = a.float().view(torch.int32).long()
-    bi = b.float().view(torch.int32).long()
-    return (ai - bi).abs().max().item() if a.numel() else 0
+    """Largest distance in float32 ulps (sign-magnitude bits mapped to a monotonic integer)."""
+    def ordinal(t):
+        bits = t.float().view(torch.int32).long()
+        magnitude = bits & 0x7FFFFFFF
+        return torch.where(bits < 0, -magnitude, magnitude)
+    return (ordinal(a) - ordinal(b)).abs().max().item() if a.numel() else 0
 
 
 @pytest.mark.cuda
