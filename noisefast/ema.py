@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ops.ema_update import check_decay_number, ema_update_multi_op
+from .ops.ema_update import check_decay_number, run_ema_update
 
 Warmup = Union[None, str, Callable[[int], float]]
 WARMUPS = ("ramp", "inverse_gamma")
@@ -235,6 +235,11 @@ class EMA:
                     self._copies.append(source.to(device=target_device, copy=True))
         self._names = self._avg_names + self._copy_names
         self._stored: Optional[List[torch.Tensor]] = None
+        # One fused call per source device: (shadows flattened profile-major, sources).
+        self._update_groups = []
+        for indices in self._groups(self._avg_sources).values():
+            self._update_groups.append(([self._shadows[p][i] for p in range(self.num_profiles) for i in indices],
+                                        [self._avg_sources[i] for i in indices]))
 
     def _shadow_dtype(self, weight: torch.Tensor, name: str) -> torch.dtype:
         if self.dtype is None:
@@ -279,14 +284,12 @@ class EMA:
         update's step + 1), which sets the decays."""
         step = self.step + 1 if step is None else _check_nonnegative_int(step, "step")
         decays = self.decays_at(step)
-        for source_device, indices in self._groups(self._avg_sources).items():
-            shadows = [self._shadows[p][i] for p in range(self.num_profiles) for i in indices]
-            sources = [self._avg_sources[i].detach() for i in indices]
-            if shadows[0].device != source_device:
+        for shadows, sources in self._update_groups:
+            if sources[0].device != shadows[0].device:  # device= keeps the shadows elsewhere
                 sources = [s.to(shadows[0].device) for s in sources]
-            ema_update_multi_op(shadows, sources, decays, None)
-        for i, source in enumerate(self._copy_sources):
-            self._copies[i].copy_(source.detach())
+            run_ema_update(shadows, sources, decays, None)
+        for copy, source in zip(self._copies, self._copy_sources):
+            copy.copy_(source)
         self.step = step
         self.num_updates += 1
 

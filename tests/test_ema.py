@@ -296,6 +296,22 @@ def test_multi_errors(backend):
     assert torch.equal(e[0], torch.zeros(3))
 
 
+def test_version_counters_and_fake_tensors():
+    """Eager calls bump the shadows' version counters (autograd sees the in-place write); under
+    FakeTensorMode the call goes through the custom op's fake kernel."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    es, xs = random_lists([10, 20], torch.float32, torch.float32, seed=20)
+    versions = [e._version for e in es]
+    ema_update_(es, xs, 0.9)
+    ema_update_multi_([es], xs, [0.9])
+    assert all(e._version >= v + 2 for e, v in zip(es, versions))
+    with FakeTensorMode():
+        fe, fx = [torch.empty(10)], [torch.empty(10)]
+        ema_update_(fe, fx, 0.9)
+        ema_update_multi_([fe], fx, torch.tensor([0.5]))
+
+
 def test_kernel_level_checks():
     """The C++ op checks its preconditions itself (the EMA class calls it directly)."""
     with pytest.raises(ValueError, match=r"ema_lists\[1\]\[0\] has shape"):
@@ -590,13 +606,11 @@ def test_state_dict_round_trip_weights_only():
     torch.save(ema.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
-    fresh = EMA(Net(), sigma_rels=(0.05, 0.10))
+    fresh = EMA(net, sigma_rels=(0.05, 0.10))  # starts from the current weights, at step 0
     fresh.load_state_dict(state)
     _assert_same_state(fresh, _ema_snapshot(ema))
     train_step(net, 8)
     ema.update()
-    fresh._avg_sources = ema._avg_sources  # same weights from here on
-    fresh._copy_sources = ema._copy_sources
     fresh.update()
     _assert_same_state(fresh, _ema_snapshot(ema))
 
