@@ -18,6 +18,8 @@
 
 #include <stdint.h>
 
+#include <cmath>
+
 #include "noisefast/dtype.h"
 
 #ifndef NF_HOST_DEVICE
@@ -26,10 +28,6 @@
 #else
 #define NF_HOST_DEVICE inline
 #endif
-#endif
-
-#if !defined(__CUDACC__)
-#include <cmath>
 #endif
 
 namespace noisefast {
