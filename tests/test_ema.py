@@ -28,10 +28,12 @@ PAIRINGS = [  # (shadow dtype, weight dtype)
 PAIRING_IDS = [f"{str(e)[6:]}-of-{str(x)[6:]}" for e, x in PAIRINGS]
 DECAYS = [0.9999, 0.999, 0.9, 0.5, 0.3, 0.0, 1.0]
 
-# The kernels' chunking (csrc/cpu/ema_cpu.cpp: kEmaBlock = 4096 elements per profile sweep,
-# kEmaGrain = 32768 elements per parallel task; csrc/cuda/multi_tensor_apply.cuh: kMtaChunk = 65536
-# elements per chunk, packs of 4): sizes on both sides of each boundary.
-BOUNDARY_SIZES = [1, 2, 3, 4, 5, 7, 4095, 4096, 4097, 8191, 32767, 32768, 32769, 65535, 65536, 65537, 131073]
+# The kernels' chunking (csrc/cpu/ema_cpu.cpp: kEmaBlock = 1024 elements per profile sweep, F16C and
+# AVX2 conversions 8 at a time, kEmaGrain = 32768 elements per parallel task;
+# csrc/cuda/multi_tensor_apply.cuh: kMtaChunk = 65536 elements per chunk, packs of 4): sizes on both
+# sides of each boundary.
+BOUNDARY_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 1023, 1024, 1025, 4097, 32767, 32768, 32769, 65535, 65536, 65537,
+                  131073]
 
 
 def lerp_expected(shadows, tensors, decay):
@@ -90,6 +92,21 @@ def test_ends_are_exact():
     assert torch.equal(es[0], before)
     ema_update_(es, xs, 0.0)
     assert torch.equal(es[0], xs[0].float())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pairing", PAIRINGS, ids=PAIRING_IDS)
+def test_nan_and_inf_propagate(backend, pairing):
+    """A NaN or inf weight makes its shadow NaN/inf (it is never hidden), in the vector body and
+    the tail alike."""
+    es, xs = random_lists([1030], *pairing, seed=21)
+    for k in (3, 1027):
+        xs[0][k] = float("nan")
+    xs[0][500] = float("inf")
+    expected = lerp_expected(es, xs, 0.9)
+    run_on(backend, ema_update_, es, xs, 0.9)
+    assert torch.isnan(es[0][[3, 1027]]).all() and torch.isinf(es[0][500])
+    assert_close(es[0], expected[0], rtol=0, atol=0, what="non-finite")
 
 
 def test_lerp_form_is_closer_than_mul_add():
@@ -154,7 +171,7 @@ def test_bfloat16_shadow_stalls_float32_shadow_tracks():
 @pytest.mark.parametrize("profiles", [1, 2, 5])
 def test_fuzz_boundaries_many_tensors_all_pairings(profiles):
     rnd = random.Random(profiles)
-    sizes = [rnd.choice(BOUNDARY_SIZES[:8]) for _ in range(300)] + BOUNDARY_SIZES + [0, 0]
+    sizes = [rnd.choice(BOUNDARY_SIZES[:12]) for _ in range(300)] + BOUNDARY_SIZES + [0, 0]
     rnd.shuffle(sizes)
     gen = torch.Generator().manual_seed(profiles)
     xs, shadows = [], [[] for _ in range(profiles)]
