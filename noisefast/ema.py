@@ -188,8 +188,9 @@ class EMA:
         if self.min_decay > self.decay:
             raise ValueError(f"min_decay ({self.min_decay}) must not exceed decay ({self.decay})")
         if sigma_rels is not None:
-            if isinstance(sigma_rels, (str, bytes)) or not isinstance(sigma_rels, Sequence) or not sigma_rels:
+            if isinstance(sigma_rels, (str, bytes)) or not isinstance(sigma_rels, Iterable) or not list(sigma_rels):
                 raise ValueError(f"sigma_rels must be a non-empty sequence of numbers, got {sigma_rels!r}")
+            sigma_rels = list(sigma_rels)
             if warmup is not None:
                 raise ValueError("warmup does not apply to power-function profiles (sigma_rels)")
             self.sigma_rels: Optional[List[float]] = [float(s) for s in sigma_rels]

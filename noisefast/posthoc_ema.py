@@ -171,8 +171,9 @@ class PostHocEMA:
         return out
 
     @torch.no_grad()
-    def copy_to(self, model=None, sigma_rel: float = 0.05, *, t: Optional[int] = None) -> None:
-        """Write the reconstruction of ``sigma_rel`` into ``model`` (as :meth:`EMA.copy_to`)."""
+    def copy_to(self, model, sigma_rel: float, *, t: Optional[int] = None) -> None:
+        """Write the reconstruction of ``sigma_rel`` into ``model`` (an nn.Module, the tracked
+        tensors' list, or None for the tracked tensors themselves; as :meth:`EMA.copy_to`)."""
         values = self.reconstruct(sigma_rel, t=t)
         for name, target in zip(self.ema.names, self.ema._targets(model)):
             target.copy_(values[name])

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from ..ops._checks import FLOAT_DTYPES
 
 
 def math_dtype(shadow_dtype: torch.dtype) -> torch.dtype:
