@@ -227,10 +227,14 @@ def test_layouts(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty(backend):
+    """Empty lists and empty tensors are no-ops that leave their neighbours' updates intact."""
     run_on(backend, ema_update_, [], [], 0.9)
     e, x = torch.empty(0, 3), torch.empty(0, 3)
-    run_on(backend, ema_update_, [e], [x], 0.9)
-    run_on(backend, ema_update_multi_, [[e], [e.clone()]], [x], [0.5, 0.9])
+    full_e, full_x = torch.zeros(5), torch.ones(5)
+    run_on(backend, ema_update_, [e, full_e, e.clone()], [x, full_x, x], 0.9)
+    assert e.shape == (0, 3) and torch.equal(full_e, torch.full((5,), 0.1))
+    run_on(backend, ema_update_multi_, [[e, full_e], [e.clone(), full_e.clone()]], [x, full_x], [1.0, 0.0])
+    assert torch.equal(full_e, torch.full((5,), 0.1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
