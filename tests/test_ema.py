@@ -1,0 +1,773 @@
+"""Tests of the fused EMA update (noisefast.ops.ema_update) and the EMA class (noisefast.ema).
+
+The specification is torch.lerp: ``ema.lerp_(x, 1 - decay)`` with the weight rounded once to the
+math type (noisefast/reference/ema.py). The C++ kernel equals it bit for bit in every dtype
+pairing; the CUDA kernel is compared with the reference on the GPU (cuda-marked tests).
+"""
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import noisefast
+from noisefast.ema import EMA, ema_decay, gamma_to_sigma_rel, power_function_decay, sigma_rel_to_gamma
+from noisefast.ops.ema_update import ema_update_, ema_update_multi_, ema_update_multi_op, ema_update_op
+from noisefast.reference import ema as ref
+from tests.helpers import assert_close, assert_low_precision_rule, run_on
+
+BACKENDS = [pytest.param("reference", id="reference"), pytest.param("cpu", id="cpu")]
+PAIRINGS = [  # (shadow dtype, weight dtype)
+    (torch.float32, torch.float32), (torch.float32, torch.float16), (torch.float32, torch.bfloat16),
+    (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16), (torch.float64, torch.float64),
+]
+PAIRING_IDS = [f"{str(e)[6:]}-of-{str(x)[6:]}" for e, x in PAIRINGS]
+DECAYS = [0.9999, 0.999, 0.9, 0.5, 0.3, 0.0, 1.0]
+
+# The kernels' chunking (csrc/cpu/ema_cpu.cpp: kEmaBlock = 1024 elements per profile sweep, F16C and
+# AVX2 conversions 8 at a time, kEmaGrain = 32768 elements per parallel task;
+# csrc/cuda/multi_tensor_apply.cuh: kMtaChunk = 65536 elements per chunk, packs of 4): sizes on both
+# sides of each boundary.
+BOUNDARY_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 1023, 1024, 1025, 4097, 32767, 32768, 32769, 65535, 65536, 65537,
+                  131073]
+
+
+def lerp_expected(shadows, tensors, decay):
+    """torch.lerp on clones: the specification, written out."""
+    out = []
+    for e, x in zip(shadows, tensors):
+        e = e.clone()
+        e.lerp_(x.to(e.dtype), ref.lerp_weight(decay, e.dtype))
+        out.append(e)
+    return out
+
+
+def random_lists(sizes, shadow_dtype, weight_dtype, *, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(n, generator=g).to(device=device, dtype=weight_dtype) for n in sizes]
+    es = [(x.double() + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64).to(device)).to(shadow_dtype)
+          for x in xs]
+    return es, xs
+
+
+def assert_equal_lists(actual, expected, what=""):
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert a.dtype == e.dtype and a.shape == e.shape, f"{what}[{i}]"
+        if not torch.equal(a, e):
+            assert_close(a, e, rtol=0, atol=0, what=f"{what}[{i}]")
+
+
+# --------------------------------------------------------------------------------------------
+# The op: equality with torch.lerp
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("decay", DECAYS)
+def test_float32_equals_lerp_bit_for_bit(backend, decay):
+    es, xs = random_lists([1, 17, 4097, 70001], torch.float32, torch.float32, seed=1)
+    expected = lerp_expected(es, xs, decay)
+    run_on(backend, ema_update_, es, xs, decay)
+    assert_equal_lists(es, expected, "ema_tensors")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pairing", PAIRINGS, ids=PAIRING_IDS)
+def test_every_pairing_equals_lerp(backend, pairing):
+    es, xs = random_lists([3, 4096, 33001], *pairing, seed=2)
+    for decay in (0.9999, 0.75, 0.2):
+        expected = lerp_expected(es, xs, decay)
+        run_on(backend, ema_update_, es, xs, decay)
+        assert_equal_lists(es, expected, f"decay={decay}")
+
+
+def test_ends_are_exact():
+    """decay = 1 leaves the shadow; decay = 0 copies the weight (the lerp form's point)."""
+    es, xs = random_lists([1000], torch.float32, torch.bfloat16, seed=3)
+    before = es[0].clone()
+    ema_update_(es, xs, 1.0)
+    assert torch.equal(es[0], before)
+    ema_update_(es, xs, 0.0)
+    assert torch.equal(es[0], xs[0].float())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pairing", PAIRINGS, ids=PAIRING_IDS)
+def test_nan_and_inf_propagate(backend, pairing):
+    """A NaN or inf weight makes its shadow NaN/inf (it is never hidden), in the vector body and
+    the tail alike."""
+    es, xs = random_lists([1030], *pairing, seed=21)
+    for k in (3, 1027):
+        xs[0][k] = float("nan")
+    xs[0][500] = float("inf")
+    expected = lerp_expected(es, xs, 0.9)
+    run_on(backend, ema_update_, es, xs, 0.9)
+    assert torch.isnan(es[0][[3, 1027]]).all() and torch.isinf(es[0][500])
+    assert_close(es[0], expected[0], rtol=0, atol=0, what="non-finite")
+
+
+def test_lerp_form_is_closer_than_mul_add():
+    """Against an fp64 computation, the lerp form is no worse than the mul_/add_ loop, in fp32."""
+    es, xs = random_lists([200000], torch.float32, torch.float32, seed=4)
+    exact = es[0].double() * 0.999 + xs[0].double() * (1 - 0.999)
+    loop = [es[0].clone()]
+    ref.ema_update_loop(loop, xs, 0.999)
+    ema_update_(es, xs, 0.999)
+    err_nf = (es[0].double() - exact).abs().max().item()
+    err_loop = (loop[0].double() - exact).abs().max().item()
+    ulp = torch.finfo(torch.float32).eps * exact.abs().max().item()
+    assert err_nf <= err_loop and err_nf <= ulp, (err_nf, err_loop, ulp)
+
+
+@pytest.mark.parametrize("shadow_dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_shadow_accuracy(shadow_dtype):
+    """A bf16/fp16 shadow: error against fp64 no worse than twice that of the same update written
+    in eager PyTorch at that precision (decay * e + (1 - decay) * x)."""
+    es, xs = random_lists([100003], shadow_dtype, shadow_dtype, seed=5)
+    decay = 0.9
+    exact = es[0].double() * decay + xs[0].double() * (1 - decay)
+    eager = es[0] * decay + xs[0] * (1 - decay)
+    ema_update_(es, xs, decay)
+    assert_low_precision_rule(es[0], eager, exact, what=str(shadow_dtype))
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float16])
+def test_float32_shadow_of_low_precision_weight_accuracy(weight_dtype):
+    """An fp32 shadow of bf16/fp16 weights is accurate to fp32 (the weight converts exactly):
+    |error| <= u (|exact| + 2 w |x - e|), u = 2^-24, the bound of fma(w, x - e, e) with a rounded
+    difference and a rounded weight w = 1 - decay."""
+    es, xs = random_lists([100003], torch.float32, weight_dtype, seed=6)
+    e0, x0, w = es[0].double(), xs[0].double(), 0.001
+    exact = e0 * 0.999 + x0 * w
+    ema_update_(es, xs, 0.999)
+    bound = 2.0 ** -24 * (exact.abs() + 2 * w * (x0 - e0).abs())
+    excess = ((es[0].double() - exact).abs() - bound).max().item()
+    assert excess <= 0, excess
+
+
+def test_bfloat16_shadow_stalls_float32_shadow_tracks():
+    """The documented trap: with decay 0.9999, a bf16 shadow of bf16 weights that sit 0.5 away
+    never moves (each step is 5e-5, under half a bf16 ulp at 1.0, 2^-8), while an fp32 shadow of
+    the same weights follows the closed form 1.5 - 0.5 * decay^n."""
+    weights = [torch.full((64,), 1.5, dtype=torch.bfloat16)]
+    bf16_shadow = [torch.ones(64, dtype=torch.bfloat16)]
+    fp32_shadow = [torch.ones(64, dtype=torch.float32)]
+    for _ in range(1000):
+        ema_update_(bf16_shadow, weights, 0.9999)
+        ema_update_(fp32_shadow, weights, 0.9999)
+    assert torch.equal(bf16_shadow[0], torch.ones(64, dtype=torch.bfloat16))
+    expected = 1.5 - 0.5 * 0.9999 ** 1000
+    assert abs(fp32_shadow[0][0].item() - expected) < 1e-5
+    assert fp32_shadow[0][0].item() > 1.04
+
+
+# --------------------------------------------------------------------------------------------
+# Fuzz in apex's style: chunk boundaries, many tensors, every pairing in one call, in place
+
+
+@pytest.mark.parametrize("profiles", [1, 2, 5])
+def test_fuzz_boundaries_many_tensors_all_pairings(profiles):
+    rnd = random.Random(profiles)
+    sizes = [rnd.choice(BOUNDARY_SIZES[:12]) for _ in range(300)] + BOUNDARY_SIZES + [0, 0]
+    rnd.shuffle(sizes)
+    gen = torch.Generator().manual_seed(profiles)
+    xs, shadows = [], [[] for _ in range(profiles)]
+    for k, n in enumerate(sizes):
+        shadow_dtype, weight_dtype = PAIRINGS[k % len(PAIRINGS)]
+        base = torch.randn(n + 1, generator=gen)
+        x = base[k % 2:k % 2 + n].to(weight_dtype) if k % 3 else base[1:].to(weight_dtype)[:n]
+        xs.append(x)
+        for p in range(profiles):
+            # Odd offsets into a larger buffer: the kernels' unaligned path.
+            buf = torch.randn(n + 1, generator=gen).to(shadow_dtype)
+            shadows[p].append(buf[1:] if (k + p) % 2 else buf[:n])
+    decays = [0.99, 0.3, 0.9999, 0.5, 0.0][:profiles]
+    expected = [lerp_expected(shadows[p], xs, decays[p]) for p in range(profiles)]
+    pointers = [[e.data_ptr() for e in lst] for lst in shadows]
+    ema_update_multi_(shadows, xs, decays)
+    for p in range(profiles):
+        assert [e.data_ptr() for e in shadows[p]] == pointers[p]
+        assert_equal_lists(shadows[p], expected[p], f"profile {p}")
+
+
+def test_multi_equals_separate_updates():
+    es1, xs = random_lists([5, 40000, 3], torch.float32, torch.bfloat16, seed=7)
+    es2 = [e.clone() for e in es1]
+    sep1, sep2 = [e.clone() for e in es1], [e.clone() for e in es2]
+    ema_update_multi_([es1, es2], xs, torch.tensor([0.999, 0.9]))
+    ema_update_(sep1, xs, torch.tensor(0.999))
+    ema_update_(sep2, xs, torch.tensor(0.9))
+    assert_equal_lists(es1, sep1)
+    assert_equal_lists(es2, sep2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layouts(backend):
+    """Transposed, strided and channels-last shadows and weights are updated in place correctly."""
+    g = torch.Generator().manual_seed(8)
+    x_t = torch.randn(37, 53, generator=g).t()                       # non-contiguous weight
+    e_c = torch.randn(53, 37, generator=g)                            # contiguous shadow
+    x_c = torch.randn(53, 37, generator=g)
+    e_t = torch.randn(37, 53, generator=g).t()                        # non-contiguous shadow
+    x_s = torch.randn(100, generator=g)[::3]
+    e_s = torch.randn(200, generator=g)[::6]                          # strided both
+    x_cl = torch.randn(2, 3, 5, 7, generator=g).to(memory_format=torch.channels_last)
+    e_cl = torch.randn(2, 3, 5, 7, generator=g).to(memory_format=torch.channels_last)
+    shadows, weights = [e_c, e_t, e_s, e_cl], [x_t, x_c, x_s, x_cl]
+    expected = lerp_expected(shadows, weights, 0.8)
+    storages = [e.untyped_storage().data_ptr() for e in shadows]
+    run_on(backend, ema_update_, shadows, weights, 0.8)
+    assert [e.untyped_storage().data_ptr() for e in shadows] == storages
+    assert e_cl.is_contiguous(memory_format=torch.channels_last)
+    assert_equal_lists(shadows, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty(backend):
+    """Empty lists and empty tensors are no-ops that leave their neighbours' updates intact."""
+    run_on(backend, ema_update_, [], [], 0.9)
+    e, x = torch.empty(0, 3), torch.empty(0, 3)
+    full_e, full_x = torch.zeros(5), torch.ones(5)
+    run_on(backend, ema_update_, [e, full_e, e.clone()], [x, full_x, x], 0.9)
+    assert e.shape == (0, 3) and torch.equal(full_e, torch.full((5,), 0.1))
+    run_on(backend, ema_update_multi_, [[e, full_e], [e.clone(), full_e.clone()]], [x, full_x], [1.0, 0.0])
+    assert torch.equal(full_e, torch.full((5,), 0.1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("decay_dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_tensor_decay(backend, decay_dtype):
+    decay = torch.tensor(0.999, dtype=decay_dtype)
+    es, xs = random_lists([10, 5000], torch.float32, torch.float32, seed=9)
+    expected = lerp_expected(es, xs, decay.double().item())
+    run_on(backend, ema_update_, es, xs, decay)
+    assert_equal_lists(es, expected)
+
+
+def test_large_tensor_int64_offsets():
+    """A tensor bigger than one parallel task with the tail past 2^16 chunks of 4 elements."""
+    es, xs = random_lists([(1 << 20) + 3], torch.float32, torch.float16, seed=10)
+    expected = lerp_expected(es, xs, 0.95)
+    ema_update_(es, xs, 0.95)
+    assert_equal_lists(es, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: raised before anything is written, naming the argument
+
+
+def _error_cases():
+    ok_e = [torch.zeros(3), torch.zeros(4)]
+    ok_x = [torch.ones(3), torch.ones(4)]
+    cases = [
+        ("length", [torch.zeros(3)], ok_x, 0.9, ValueError, "ema_tensors"),
+        ("shape", ok_e, [torch.ones(3), torch.ones(5)], 0.9, ValueError, r"ema_tensors\[1\]"),
+        ("pairing", [torch.zeros(3), torch.zeros(4, dtype=torch.bfloat16)], ok_x, 0.9, TypeError,
+         r"ema_tensors\[1\]"),
+        ("fp16-of-bf16", ok_e[:1] + [torch.zeros(4, dtype=torch.float16)],
+         ok_x[:1] + [torch.ones(4, dtype=torch.bfloat16)], 0.9, TypeError, r"ema_tensors\[1\]"),
+        ("int-weight", ok_e, ok_x[:1] + [torch.ones(4, dtype=torch.int64)], 0.9, TypeError, r"tensors\[1\]"),
+        ("int-shadow", ok_e[:1] + [torch.zeros(4, dtype=torch.int32)], ok_x, 0.9, TypeError, r"ema_tensors\[1\]"),
+        ("overlap", ok_e[:1] + [torch.zeros(1).expand(4)], ok_x, 0.9, ValueError, r"ema_tensors\[1\]"),
+        ("decay-high", ok_e, ok_x, 1.5, ValueError, "decay"),
+        ("decay-negative", ok_e, ok_x, -0.1, ValueError, "decay"),
+        ("decay-nan", ok_e, ok_x, float("nan"), ValueError, "decay"),
+        ("decay-bool", ok_e, ok_x, True, TypeError, "decay"),
+        ("decay-str", ok_e, ok_x, "0.9", TypeError, "decay"),
+        ("decay-tensor-range", ok_e, ok_x, torch.tensor(1.01), ValueError, "decay"),
+        ("decay-tensor-shape", ok_e, ok_x, torch.tensor([0.9, 0.9]), ValueError, "decay"),
+        ("decay-tensor-int", ok_e, ok_x, torch.tensor(1), TypeError, "decay"),
+        ("not-a-list", torch.zeros(3), ok_x, 0.9, TypeError, "ema_tensors"),
+        ("not-tensors", [torch.zeros(3), 4.0], ok_x, 0.9, TypeError, r"ema_tensors\[1\]"),
+    ]
+    return [pytest.param(*c[1:], id=c[0]) for c in cases]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shadows, weights, decay, error, match", _error_cases())
+def test_errors_raise_before_writing(backend, shadows, weights, decay, error, match):
+    before = [s.clone() if isinstance(s, torch.Tensor) else s for s in
+              (shadows if isinstance(shadows, list) else [shadows])]
+    with pytest.raises(error, match=match):
+        run_on(backend, ema_update_, shadows, weights, decay)
+    after = shadows if isinstance(shadows, list) else [shadows]
+    for b, a in zip(before, after):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multi_errors(backend):
+    e, x = [torch.zeros(3)], [torch.ones(3)]
+    with pytest.raises(ValueError, match="decays"):
+        run_on(backend, ema_update_multi_, [e, [torch.zeros(3)]], x, [0.9])
+    with pytest.raises(ValueError, match=r"ema_lists\[1\]"):
+        run_on(backend, ema_update_multi_, [e, []], x, [0.9, 0.9])
+    with pytest.raises(ValueError, match=r"ema_lists\[1\]\[0\]"):
+        run_on(backend, ema_update_multi_, [e, [torch.zeros(4)]], x, [0.9, 0.9])
+    with pytest.raises(ValueError, match=r"decays\[1\]"):
+        run_on(backend, ema_update_multi_, [e, [torch.zeros(3)]], x, [0.9, 2.0])
+    with pytest.raises(ValueError, match="decays"):
+        run_on(backend, ema_update_multi_, [e, [torch.zeros(3)]], x, torch.tensor([0.9, -1.0]))
+    with pytest.raises(ValueError, match="ema_lists"):
+        run_on(backend, ema_update_multi_, [], x, [])
+    assert torch.equal(e[0], torch.zeros(3))
+
+
+def test_version_counters_and_fake_tensors():
+    """Eager calls bump the shadows' version counters (autograd sees the in-place write); under
+    FakeTensorMode the call goes through the custom op's fake kernel."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    es, xs = random_lists([10, 20], torch.float32, torch.float32, seed=20)
+    versions = [e._version for e in es]
+    ema_update_(es, xs, 0.9)
+    ema_update_multi_([es], xs, [0.9])
+    assert all(e._version >= v + 2 for e, v in zip(es, versions))
+    with FakeTensorMode():
+        fe, fx = [torch.empty(10)], [torch.empty(10)]
+        ema_update_(fe, fx, 0.9)
+        ema_update_multi_([fe], fx, torch.tensor([0.5]))
+
+
+def test_kernel_level_checks():
+    """The C++ op checks its preconditions itself (the EMA class calls it directly)."""
+    with pytest.raises(ValueError, match=r"ema_lists\[1\]\[0\] has shape"):
+        torch.ops.noisefast_C.ema_update_multi([torch.zeros(3), torch.zeros(2)], [torch.ones(3)], [0.5, 0.5], None)
+    with pytest.raises(ValueError, match="decay must be in"):
+        torch.ops.noisefast_C.ema_update([torch.zeros(3)], [torch.ones(3)], 2.0, None)
+    with pytest.raises(ValueError, match="not both"):
+        torch.ops.noisefast_C.ema_update_multi([torch.zeros(3)], [torch.ones(3)], [0.5], torch.tensor([0.5]))
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library and torch.compile
+
+
+def test_opcheck():
+    es, xs = random_lists([7, 300], torch.float32, torch.bfloat16, seed=11)
+    torch.library.opcheck(ema_update_op, (es, xs, 0.9, None))
+    torch.library.opcheck(ema_update_op, (es, xs, 0.0, torch.tensor(0.5)))
+    es2 = [e.clone() for e in es]
+    torch.library.opcheck(ema_update_multi_op, (es + es2, xs, [0.9, 0.5], None))
+    torch.library.opcheck(ema_update_multi_op, (es + es2, xs, [], torch.tensor([0.9, 0.5], dtype=torch.float64)))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def step(shadows, fast, weights, decay):
+        ema_update_(shadows, weights, decay)
+        ema_update_multi_([shadows, fast], weights, [0.99, 0.5])
+
+    es, xs = random_lists([33, 1000], torch.float32, torch.float32, seed=12)
+    fast = [e.clone() for e in es]
+    es_eager, fast_eager = [e.clone() for e in es], [e.clone() for e in fast]
+    decay = torch.tensor(0.9)
+    torch.compile(step, fullgraph=True)(es, fast, xs, decay)
+    step(es_eager, fast_eager, xs, decay)
+    assert_equal_lists(es, es_eager)
+    assert_equal_lists(fast, fast_eager)
+
+
+# --------------------------------------------------------------------------------------------
+# Decay schedules
+
+
+def test_ramp_schedule_pinned():
+    """formulas.md section 7: diffusers' default (1 + u) / (10 + u), u = step - 1."""
+    got = [ema_decay(s, 0.9999, warmup="ramp") for s in (1, 2, 3, 10, 100, 1000)]
+    assert [round(v, 4) for v in got] == [0.0, 0.1818, 0.25, 0.5263, 0.9174, 0.9911]
+    assert got[1] == 2 / 11 and got[2] == 3 / 12
+    assert ema_decay(10 ** 7, 0.9999, warmup="ramp") == 0.9999  # clamped to decay
+
+
+def test_inverse_gamma_schedule_pinned():
+    """1 - (1 + u/inv_gamma)^-power; diffusers' docs: power 2/3 reaches 0.999 at ~31.6K steps,
+    power 3/4 at ~10K steps."""
+    got = [round(ema_decay(s, 0.9999, warmup="inverse_gamma"), 4) for s in (1, 2, 3, 10, 100, 1000)]
+    assert got == [0.0, 0.37, 0.5193, 0.7846, 0.9536, 0.99]
+    assert ema_decay(31623, 1.0, warmup="inverse_gamma") == pytest.approx(0.999, abs=1e-7)
+    assert ema_decay(10000, 1.0, warmup="inverse_gamma", power=0.75) == pytest.approx(0.999, abs=1e-7)
+    assert ema_decay(3, 1.0, warmup="inverse_gamma", inv_gamma=2.0, power=1.0) == pytest.approx(1 - 1 / 2)
+
+
+def test_schedule_update_after_step_and_clamps():
+    assert [ema_decay(s, 0.99, update_after_step=5) for s in (1, 5, 6)] == [0.0, 0.0, 0.0]
+    assert ema_decay(7, 0.99, update_after_step=5) == 0.99
+    assert ema_decay(7, 0.99, warmup="ramp", update_after_step=5) == 2 / 11
+    assert ema_decay(2, 0.99, warmup="ramp", min_decay=0.5) == 0.5
+    assert ema_decay(5, 0.9, warmup=lambda u: 0.95) == 0.9
+    assert ema_decay(2, 0.9) == 0.9
+
+
+def test_sigma_rel_gamma_pinned():
+    assert round(sigma_rel_to_gamma(0.05), 2) == 16.97
+    assert round(sigma_rel_to_gamma(0.10), 2) == 6.94
+    assert round(gamma_to_sigma_rel(16.97), 4) == 0.05
+    assert round(gamma_to_sigma_rel(6.94), 4) == 0.1
+    for s in (0.01, 0.05, 0.1, 0.2, 0.28):
+        assert gamma_to_sigma_rel(sigma_rel_to_gamma(s)) == pytest.approx(s, rel=1e-12)
+    for bad in (0.0, -0.1, 0.3, float("nan")):
+        with pytest.raises(ValueError, match="sigma_rel"):
+            sigma_rel_to_gamma(bad)
+    with pytest.raises(ValueError, match="gamma"):
+        gamma_to_sigma_rel(-1.0)
+
+
+def test_power_function_ema_closed_form():
+    """beta_t = (1 - 1/t)^(gamma+1) gives ema_t = sum_i (i^(g+1) - (i-1)^(g+1)) / t^(g+1) * theta_i."""
+    g = torch.Generator().manual_seed(13)
+    thetas = torch.randn(200, 16, generator=g, dtype=torch.float64)
+    w = torch.zeros(16, dtype=torch.float64)
+    ema = EMA([w], sigma_rels=(0.05, 0.10), dtype=None)
+    for t in range(1, 201):
+        w.copy_(thetas[t - 1])
+        ema.update()
+        if t in (1, 2, 50, 200):
+            for p, s in enumerate((0.05, 0.10)):
+                g1 = sigma_rel_to_gamma(s) + 1
+                i = torch.arange(1, t + 1, dtype=torch.float64)
+                weights = (i / t) ** g1 - ((i - 1) / t) ** g1
+                expected = weights @ thetas[:t]
+                assert_close(ema.averaged(p)["0"], expected, rtol=1e-12, atol=1e-12, what=f"t={t} sigma_rel={s}")
+    assert power_function_decay(1, 6.94) == 0.0 and power_function_decay(0, 6.94) == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# The EMA class
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 7)
+        self.bn = nn.BatchNorm1d(7)
+        self.frozen = nn.Parameter(torch.randn(3), requires_grad=False)
+
+    def forward(self, x):
+        return self.bn(self.lin(x)).sum() + self.frozen.sum()
+
+
+def train_step(net, step):
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(torch.sin(torch.arange(p.numel(), dtype=p.dtype).view(p.shape) + step))
+    net.train()
+    net(torch.randn(4, 5))  # moves the BatchNorm buffers
+
+
+def test_ema_class_matches_reference_loop():
+    torch.manual_seed(14)
+    net = Net()
+    ema = EMA(net, decay=0.99, warmup="ramp")
+    expected = {n: p.detach().clone().float() for n, p in net.named_parameters() if p.requires_grad}
+    for step in range(1, 30):
+        train_step(net, step)
+        ema.update()
+        d = ema_decay(step, 0.99, warmup="ramp")
+        for n, p in net.named_parameters():
+            if p.requires_grad:
+                expected[n].lerp_(p.detach(), ref.lerp_weight(d, torch.float32))
+    avg = ema.averaged()
+    for n, v in expected.items():
+        assert torch.equal(avg[n], v), n
+    assert ema.step == 29 and ema.num_updates == 29
+    # Frozen parameters and buffers are copied (floating and integer alike).
+    assert torch.equal(avg["frozen"], net.frozen)
+    assert torch.equal(avg["bn.running_mean"], net.bn.running_mean)
+    assert avg["bn.num_batches_tracked"].item() == net.bn.num_batches_tracked.item() == 29
+    assert avg["bn.num_batches_tracked"].dtype == torch.int64
+    assert ema.names[:4] == ["lin.weight", "lin.bias", "bn.weight", "bn.bias"]
+
+
+def test_ema_without_buffers_and_explicit_steps():
+    net = Net()
+    ema = EMA(net, decay=0.5, include_buffers=False, update_after_step=2)
+    assert "bn.running_mean" not in ema.names
+    before = ema.averaged()["lin.weight"].clone()
+    train_step(net, 1)
+    ema.update(step=3)  # u = 0: copies
+    assert torch.equal(ema.averaged()["lin.weight"], net.lin.weight.detach())
+    assert ema.decays_at(4) == [0.5]
+    assert not torch.equal(before, net.lin.weight.detach())
+
+
+def test_bfloat16_model_float32_shadows_and_stall():
+    """fp32 shadows of a bf16 model keep tracking; bf16 shadows (dtype=None) stall."""
+    net = nn.Linear(16, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    fp32 = EMA(net, decay=0.9999)
+    bf16 = EMA(net, decay=0.9999, dtype=None)
+    assert fp32.averaged()["weight"].dtype == torch.float32
+    assert bf16.averaged()["weight"].dtype == torch.bfloat16
+    fp32.update()  # the first update copies the weights (u = 0)
+    bf16.update()
+    with torch.no_grad():
+        net.weight.fill_(1.5)
+    for _ in range(500):
+        fp32.update()
+        bf16.update()
+    assert torch.all(bf16.averaged()["weight"] == 1.0)
+    assert fp32.averaged()["weight"][0, 0].item() == pytest.approx(1.5 - 0.5 * 0.9999 ** 500, abs=1e-5)
+
+
+def test_copy_to_store_restore_average_parameters():
+    torch.manual_seed(15)
+    net = Net()
+    ema = EMA(net, decay=0.9)
+    for step in range(1, 6):
+        train_step(net, step)
+        ema.update()
+    training = {k: v.clone() for k, v in net.state_dict().items()}
+    averaged = ema.averaged()
+    with ema.average_parameters(net):
+        assert torch.equal(net.lin.weight, averaged["lin.weight"])
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, training[k]), k
+    with pytest.raises(RuntimeError, match="boom"):
+        with ema.average_parameters(net):
+            raise RuntimeError("boom")
+    assert torch.equal(net.lin.weight, training["lin.weight"])
+    other = Net()
+    ema.copy_to(other)
+    assert torch.equal(other.lin.weight, averaged["lin.weight"])
+    ema.copy_to()  # into the tracked model itself
+    assert torch.equal(net.lin.weight, averaged["lin.weight"])
+    with pytest.raises(RuntimeError, match="store"):
+        ema.restore(net)
+    with pytest.raises(ValueError, match="no tensor named"):
+        ema.copy_to(nn.Linear(5, 7))
+
+
+def test_params_list_and_profiles():
+    w = [torch.zeros(4), torch.zeros(2, 3)]
+    ema = EMA(w, sigma_rels=(0.05, 0.10))
+    for t in range(1, 6):
+        for x in w:
+            x.add_(1.0)
+        ema.update()
+    assert ema.decays_at(6) == [power_function_decay(6, sigma_rel_to_gamma(s)) for s in (0.05, 0.10)]
+    targets = [torch.empty(4), torch.empty(2, 3)]
+    ema.copy_to(targets, profile=0.10)
+    assert torch.equal(targets[0], ema.averaged(1)["0"])
+    ema.copy_to(targets, profile=0)
+    assert torch.equal(targets[1], ema.averaged(0)["1"])
+    with pytest.raises(ValueError, match="sigma_rels"):
+        ema.copy_to(targets, profile=0.2)
+    with pytest.raises(ValueError, match="profile"):
+        ema.copy_to(targets, profile=2)
+    with pytest.raises(ValueError, match="tensors"):
+        ema.copy_to(targets[:1])
+
+
+def test_constructor_errors():
+    net = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(net, decay=1.5)
+    with pytest.raises(ValueError, match="warmup"):
+        EMA(net, warmup="linear")
+    with pytest.raises(ValueError, match="warmup"):
+        EMA(net, sigma_rels=(0.05,), warmup="ramp")
+    with pytest.raises(ValueError, match="sigma_rel"):
+        EMA(net, sigma_rels=(0.5,))
+    with pytest.raises(TypeError, match="dtype"):
+        EMA(net, dtype=torch.bfloat16)  # a bf16 shadow of fp32 weights
+    with pytest.raises(TypeError, match="model_or_params"):
+        EMA(3)
+    with pytest.raises(TypeError, match=r"model_or_params\[1\]"):
+        EMA([torch.zeros(2), "w"])
+    with pytest.raises(ValueError, match="no tensors"):
+        EMA([])
+    with pytest.raises(ValueError, match="update_after_step"):
+        EMA(net, update_after_step=-1)
+    with pytest.raises(ValueError, match="min_decay"):
+        EMA(net, decay=0.9, min_decay=0.95)
+
+
+def test_ema_on_cpu_device_argument():
+    net = nn.Linear(4, 4).double()
+    ema = EMA(net, decay=0.5, device="cpu")
+    assert ema.averaged()["weight"].dtype == torch.float64  # float64 weights keep float64 shadows
+    with torch.no_grad():
+        net.weight.add_(2.0)
+    ema.update(step=5)
+    assert torch.allclose(ema.averaged()["weight"], net.weight.detach() - 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# state_dict
+
+
+def _ema_snapshot(ema):
+    return ([s.clone() for shadows in ema._shadows for s in shadows], [c.clone() for c in ema._copies],
+            ema.step, ema.num_updates)
+
+
+def _assert_same_state(ema, snap):
+    shadows, copies, step, num_updates = snap
+    assert all(torch.equal(a, b) for a, b in zip([s for sh in ema._shadows for s in sh], shadows))
+    assert all(torch.equal(a, b) for a, b in zip(ema._copies, copies))
+    assert (ema.step, ema.num_updates) == (step, num_updates)
+
+
+def test_state_dict_round_trip_weights_only():
+    torch.manual_seed(16)
+    net = Net()
+    ema = EMA(net, sigma_rels=(0.05, 0.10))
+    for step in range(1, 8):
+        train_step(net, step)
+        ema.update()
+    buffer = io.BytesIO()
+    torch.save(ema.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = EMA(net, sigma_rels=(0.05, 0.10))  # starts from the current weights, at step 0
+    fresh.load_state_dict(state)
+    _assert_same_state(fresh, _ema_snapshot(ema))
+    train_step(net, 8)
+    ema.update()
+    fresh.update()
+    _assert_same_state(fresh, _ema_snapshot(ema))
+
+
+def _corrupt(state, how):
+    state = dict(state)
+    state["averaged"] = [dict(d) for d in state["averaged"]]
+    state["copied"] = dict(state["copied"])
+    last = list(state["averaged"][-1])[-1]
+    if how == "missing-key":
+        del state["averaged"][-1][last]
+    elif how == "unexpected-key":
+        state["averaged"][0]["extra"] = torch.zeros(1)
+    elif how == "wrong-shape":
+        state["averaged"][-1][last] = torch.zeros(99)
+    elif how == "missing-field":
+        del state["step"]
+    elif how == "profiles":
+        state["sigma_rels"] = [0.05, 0.2]
+    elif how == "copied-dtype":
+        name = "bn.num_batches_tracked"
+        state["copied"][name] = state["copied"][name].float()
+    elif how == "not-tensor":
+        state["averaged"][-1][last] = [1.0]
+    elif how == "bad-step":
+        state["step"] = -3
+    return state
+
+
+@pytest.mark.parametrize("how", ["missing-key", "unexpected-key", "wrong-shape", "missing-field", "profiles",
+                                 "copied-dtype", "not-tensor", "bad-step"])
+def test_bad_state_dict_leaves_ema_unchanged(how):
+    torch.manual_seed(17)
+    net = Net()
+    source = EMA(net, sigma_rels=(0.05, 0.10))
+    target = EMA(Net(), sigma_rels=(0.05, 0.10))
+    for step in range(1, 4):
+        train_step(net, step)
+        source.update()
+    snap = _ema_snapshot(target)
+    with pytest.raises((ValueError, TypeError)):
+        target.load_state_dict(_corrupt(source.state_dict(), how))
+    _assert_same_state(target, snap)
+    with pytest.raises(TypeError, match="mapping"):
+        target.load_state_dict([1, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA (run where a GPU is lent)
+
+
+def _ulp_diff(a, b):
+    """Largest distance in float32 ulps (sign-magnitude bits mapped to a monotonic integer)."""
+    def ordinal(t):
+        bits = t.float().view(torch.int32).long()
+        magnitude = bits & 0x7FFFFFFF
+        return torch.where(bits < 0, -magnitude, magnitude)
+    return (ordinal(a) - ordinal(b)).abs().max().item() if a.numel() else 0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("profiles", [1, 2, 5])
+def test_cuda_fuzz_matches_reference(profiles):
+    """Several launches (hundreds of tensors), chunk boundaries, odd offsets, every pairing."""
+    rnd = random.Random(100 + profiles)
+    sizes = [rnd.choice(BOUNDARY_SIZES) for _ in range(400)] + [0]
+    gen = torch.Generator().manual_seed(profiles)
+    xs, shadows = [], [[] for _ in range(profiles)]
+    for k, n in enumerate(sizes):
+        shadow_dtype, weight_dtype = PAIRINGS[k % len(PAIRINGS)]
+        x = torch.randn(n + 1, generator=gen).to(weight_dtype).cuda()
+        xs.append(x[1:] if k % 3 == 0 else x[:n])
+        for p in range(profiles):
+            e = torch.randn(n + 1, generator=gen).to(shadow_dtype).cuda()
+            shadows[p].append(e[1:] if (k + p) % 2 else e[:n])
+    decays = [0.99, 0.3, 0.9999, 0.5, 0.0][:profiles]
+    expected = [[s.clone() for s in lst] for lst in shadows]
+    with noisefast.use_backend("reference"):
+        ema_update_multi_(expected, xs, decays)
+    ema_update_multi_(shadows, xs, decays)
+    torch.cuda.synchronize()
+    for p in range(profiles):
+        for i, (a, e) in enumerate(zip(shadows[p], expected[p])):
+            # torch.lerp on CUDA and the kernel both use fused multiply-adds; allow one ulp in case
+            # the compiler contracts lerp differently.
+            if a.dtype in (torch.float32,):
+                assert _ulp_diff(a, e) <= 1, (p, i)
+            else:
+                assert_close(a, e, rtol=2 * torch.finfo(a.dtype).eps, atol=0, what=f"[{p}][{i}]")
+
+
+@pytest.mark.cuda
+def test_cuda_float32_equals_lerp():
+    es, xs = random_lists([1, 65537, 1 << 20], torch.float32, torch.float32, seed=18, device="cuda")
+    for decay in DECAYS:
+        expected = lerp_expected(es, xs, decay)
+        ema_update_(es, xs, decay)
+        for a, e in zip(es, expected):
+            assert _ulp_diff(a, e) <= 1
+
+
+@pytest.mark.cuda
+def test_cuda_device_decay_graph_capture():
+    """A decay tensor on the GPU is read by the kernel: the update can be captured in a CUDA
+    graph and replayed with new decays."""
+    es, xs = random_lists([1000, 70000], torch.float32, torch.bfloat16, seed=19, device="cuda")
+    decay = torch.tensor(0.9, device="cuda")
+    expected = [e.clone() for e in es]
+    ema_update_(es, xs, decay)  # warm-up outside capture
+    ema_update_(expected, xs, 0.9)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ema_update_(es, xs, decay)
+    for value in (0.5, 0.99):
+        decay.fill_(value)
+        graph.replay()
+        ema_update_(expected, xs, torch.tensor(value).item())
+    torch.cuda.synchronize()
+    for a, e in zip(es, expected):
+        assert _ulp_diff(a, e) <= 0
+
+
+@pytest.mark.cuda
+def test_cuda_errors_and_cpu_shadow():
+    x = [torch.ones(3, device="cuda")]
+    with pytest.raises(ValueError, match=r"ema_tensors\[0\]"):
+        ema_update_([torch.zeros(3)], x, 0.9)
+    with pytest.raises(ValueError, match="decay"):
+        ema_update_([torch.zeros(3, device="cuda")], x, torch.tensor([0.5, 0.5], device="cuda"))
+    net = nn.Linear(8, 8).cuda()
+    ema = EMA(net, decay=0.5, device="cpu")
+    with torch.no_grad():
+        net.weight.add_(2.0)
+    ema.update(step=5)
+    assert ema.averaged()["weight"].device.type == "cpu"
+    assert torch.allclose(ema.averaged()["weight"], net.weight.detach().cpu() - 1.0)
+    gpu = EMA(net, sigma_rels=(0.05, 0.1))
+    gpu.update()
+    assert torch.equal(gpu.averaged(1)["weight"], net.weight.detach())
