@@ -18,23 +18,27 @@ metrics, the per-seed values, and the command that reproduces it. The Frechet di
 in the feature space of a small digits classifier: it is NOT FID. Whatever the numbers say is what
 the file says; nothing is tuned per schedule.
 
-Runs go to <out>/compare-<schedule>-seed<k>/; --reuse skips runs whose finished metrics.json has the
+Runs go to <out>/compare-<schedule>-seed<k>/ (--jobs N trains N at a time); --reuse skips runs whose finished metrics.json has the
 same configuration (to continue an interrupted comparison).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
+import os
 import json
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import digits  # noqa: E402
 import train_consistency  # noqa: E402
 
 SCHEDULES = {
@@ -75,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", dest="eval_samples", type=int, default=1080)
     p.add_argument("--reuse", action="store_true",
                    help="reuse finished runs with the same configuration instead of training again")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time: 1 trains them one after another in this process; more "
+                        "starts that many subprocesses, each with cpu_count/jobs threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -88,6 +95,8 @@ def parse_args(argv=None):
         parser.error(f"--batch must be >= 2, got {args.batch}")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.constant_n < 2:
         parser.error(f"--constant-n must be >= 2, got {args.constant_n}")
     return args
@@ -208,17 +217,44 @@ def markdown(args, results: dict, floor: float, accuracy: float) -> str:
     return "\n".join(lines)
 
 
+def _run_in_subprocess(argv: list, log_path: Path) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "train_consistency.py"),
+                               *argv], stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"run failed (exit {done.returncode}): {shlex.join(argv)}; see {log_path}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results = {}
+    todo = []
     for key in args.schedules:
-        results[key] = {}
         for seed in args.seeds:
             metrics_path = Path(args.out) / f"compare-{key}-seed{seed}" / "metrics.json"
             if not (args.reuse and _reusable(metrics_path, args, key, seed)):
-                print(f"\n== {SCHEDULES[key]['label']}, seed {seed}", flush=True)
-                train_consistency.main(run_argv(args, key, seed))
-            results[key][seed] = json.loads(metrics_path.read_text())
+                todo.append((key, seed))
+    if args.jobs == 1:
+        for key, seed in todo:
+            print(f"\n== {SCHEDULES[key]['label']}, seed {seed}", flush=True)
+            train_consistency.main(run_argv(args, key, seed))
+    elif todo:
+        # Train the shared feature classifier once, before the runs that would all want it.
+        digits.load_or_train_classifier(args.out, digits.load_digits_split())
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        print(f"{len(todo)} runs, {args.jobs} at a time with {threads} thread(s) each; logs in "
+              f"{args.out}/compare-*/log.txt", flush=True)
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(_run_in_subprocess,
+                                   run_argv(args, key, seed) + ["--threads", str(threads), "--quiet"],
+                                   Path(args.out) / f"compare-{key}-seed{seed}" / "log.txt"): (key, seed)
+                       for key, seed in todo}
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+                key, seed = futures[future]
+                print(f"finished {SCHEDULES[key]['label']}, seed {seed}", flush=True)
+    results = {key: {seed: json.loads((Path(args.out) / f"compare-{key}-seed{seed}" / "metrics.json").read_text())
+                     for seed in args.seeds} for key in args.schedules}
     any_run = next(iter(next(iter(results.values())).values()))
     text = markdown(args, results, any_run["reference"]["frechet_distance_test"],
                     any_run["reference"]["classifier_test_accuracy"])
