@@ -408,7 +408,9 @@ def main(argv=None) -> int:
     data = digits.load_digits_split()
     run = Run(cfg, device, data)
     if args.resume:
-        run.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=False))
+        # Loaded on the CPU: generator states must be CPU tensors; the model, optimiser and EMA
+        # copy their tensors to the run's device.
+        run.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False))
         log(f"resumed {checkpoint} at step {run.step} of {cfg['steps']}")
     else:
         log(f"noisefast {noisefast.__version__}: iCT on 8x8 digits ({len(data.train_images)} train, "

@@ -101,6 +101,7 @@ def test_different_seed_gives_different_run(tmp_path):
     (["--steps", "5", "--stop-at", "6"], "--stop-at must be between 1 and --steps (5)"),
     (["--eval-samples", "10"], "--eval-samples must be >= 360"),
     (["--device", "nonsense"], "--device: unknown device"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
 ])
 def test_bad_arguments_exit_with_a_clear_message(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as info:
@@ -125,6 +126,7 @@ def test_resume_errors(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--steps", "0"], "--steps must be > 0, got 0"),
     (["--seeds", "1", "1"], "--seeds must be distinct"),
+    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
     (["--schedules", "lognormal-cosine"], "invalid choice: 'lognormal-cosine'"),
 ])
 def test_compare_bad_arguments(capsys, argv, message):
