@@ -36,7 +36,7 @@ DECAY = 0.9999
 
 def make_weights(total: int, count: int, dtype: torch.dtype):
     """`count` tensors holding `total` elements, in sizes like a network's (a few big, many small)."""
-    raw = torch.logspace(0, 3, count, generator=None)
+    raw = torch.logspace(0, 3, count)
     sizes = (raw / raw.sum() * total).long().clamp_min(1)
     return [torch.randn(int(s), device=DEVICE, dtype=dtype) for s in sizes]
 

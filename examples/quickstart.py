@@ -1,10 +1,12 @@
-"""noisefast in a small training loop: every op once per step, then a table of what ran where.
+"""noisefast in a small training loop: every op once, then a table of what ran where.
 
-    python examples/quickstart.py [--steps 200] [--device cpu|cuda]
+    python examples/quickstart.py [--steps 300] [--device cpu|cuda]
 
-A noisy-input regression network: GaussianNoise regularises the hidden layer, gaussian_noise
-perturbs the inputs, and the loss is printed as training goes. The table at the end names the
-backend each op used and its time per call on this machine.
+A miniature consistency-training loop on synthetic 16-dimensional data (a mixture of two
+Gaussians): ConsistencyNoise draws the levels and both noisy inputs, consistency_output applies
+the iCT parameterisation, pseudo_huber_loss is the loss, GaussianNoise regularises a hidden layer,
+and EMA keeps the evaluation weights. The table at the end runs each op once on 1M elements and
+names the backend it used and its time per call on this machine.
 """
 from __future__ import annotations
 
@@ -15,20 +17,44 @@ import torch
 from torch import nn
 
 import noisefast
+from noisefast.ops import consistency_output as op_output
+from noisefast.ops import ema_update as op_ema
+from noisefast.ops import gaussian_noise as op_noise
+from noisefast.ops import perturbation as op_perturbation
+from noisefast.ops import pseudo_huber as op_loss
+from noisefast.ops import randn as op_randn
+from noisefast.ops import sampled_pair as op_sampled
+
+DIM = 16
 
 
-def make_data(n: int, generator: torch.Generator):
-    x = torch.rand(n, 8, generator=generator) * 4 - 2
-    y = torch.sin(x[:, :4]).sum(dim=1, keepdim=True) + 0.5 * x[:, 4:5] * x[:, 5:6]
-    return x, y
+class Denoiser(nn.Module):
+    """F(c_in x, sigma) for the consistency function f = c_skip x + c_out F."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(DIM + 1, 128), nn.SiLU(), noisefast.GaussianNoise(0.02),
+                                 nn.Linear(128, 128), nn.SiLU(), nn.Linear(128, DIM))
+
+    def forward(self, x, sigma):
+        _, _, c_in = noisefast.consistency_scalings(sigma)
+        h = torch.cat([c_in[:, None] * x, sigma.log()[:, None] / 4], dim=1)
+        return noisefast.consistency_output(self.net(h), x, sigma)
 
 
-def time_per_call(fn, repeats: int = 20) -> float:
+def make_data(n: int, generator: torch.Generator) -> torch.Tensor:
+    centres = torch.where(torch.rand(n, 1, generator=generator) < 0.5, -0.5, 0.5)
+    return centres + 0.1 * torch.randn(n, DIM, generator=generator)
+
+
+def time_per_call(fn, device, repeats: int = 10) -> float:
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeats
 
@@ -43,39 +69,59 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    x_train, y_train = make_data(4096, torch.Generator().manual_seed(0))
-    x_test, y_test = make_data(1024, torch.Generator().manual_seed(1))
-    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
-
-    model = nn.Sequential(nn.Linear(8, 128), nn.SiLU(), noisefast.GaussianNoise(0.1),
-                          nn.Linear(128, 128), nn.SiLU(), nn.Linear(128, 1)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    data = make_data(8192, torch.Generator().manual_seed(0)).to(device)
+    model = Denoiser().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    ema = noisefast.EMA(model, decay=0.99)
+    noise = noisefast.ConsistencyNoise(levels=noisefast.LogNormalLevels(), curriculum="ict", total_steps=args.steps)
 
     print(f"noisefast {noisefast.__version__} on {device}; backends: {noisefast.backends()}")
-    for step in range(1, args.steps + 1):
-        index = torch.randint(0, x_train.shape[0], (256,), device=device)
-        x = noisefast.gaussian_noise(x_train[index], 0.05)   # input noise
-        loss = nn.functional.mse_loss(model(x), y_train[index])
+    for step in range(args.steps):
+        x = data[torch.randint(0, data.shape[0], (256,), device=device)]
+        batch = noise.sample(x, step)
+        student = model(batch.x_next, batch.sigma_next)
+        with torch.no_grad():
+            target = model(batch.x_cur, batch.sigma)
+        loss = noisefast.pseudo_huber_loss(student, target, weight=batch.weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % max(1, args.steps // 5) == 0 or step == 1:
-            model.eval()
-            with torch.no_grad():
-                test = nn.functional.mse_loss(model(x_test), y_test).item()
-            model.train()
-            print(f"step {step:5d}  train loss {loss.item():.4f}  test loss {test:.4f}")
+        ema.update()
+        if step % max(1, args.steps // 5) == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  N {noise.curriculum.num_levels(step):5d}  loss {loss.item():.5f}")
 
-    big = torch.randn(1 << 20, device=device)
-    ops = [
-        ("noisefast.randn", "gaussian_noise", lambda: noisefast.randn(1 << 20, seed=1, device=device)),
-        ("noisefast.gaussian_noise", "gaussian_noise", lambda: noisefast.gaussian_noise(big, 0.1)),
-        ("noisefast.GaussianNoise", "gaussian_noise", lambda: model[2](big)),
+    with ema.average_parameters(model), torch.no_grad():
+        model.eval()
+        z = noisefast.randn(2048, DIM, seed=7, device=device) * 80.0
+        samples = model(z, torch.full((2048,), 80.0, device=device))
+    left = (samples.mean(dim=1) < 0).float().mean().item()
+    print(f"one-step samples from the EMA model: {left:.0%} in the left mode (data: 50%), "
+          f"mean |x| {samples.abs().mean().item():.3f} (data: ~0.5)")
+
+    n = 1 << 20
+    x = torch.randn(n // DIM, DIM, device=device)
+    sigma = torch.rand(n // DIM, device=device) + 0.1
+    pred = x.clone().requires_grad_()
+    shadows = [torch.zeros(n // 4, device=device) for _ in range(4)]
+    weights = [torch.randn(n // 4, device=device) for _ in range(4)]
+
+    def loss_fwd_bwd():
+        noisefast.pseudo_huber_loss(pred, x).backward()
+
+    rows = [
+        ("randn", op_randn.KERNELS, lambda: noisefast.randn(n, seed=1, device=device)),
+        ("gaussian_noise", op_noise.KERNELS, lambda: noisefast.gaussian_noise(x, 0.1)),
+        ("consistency_pair", op_perturbation.PAIR_KERNELS, lambda: noisefast.consistency_pair(x, sigma, sigma + 0.1)),
+        ("add_noise (IP + offset)", op_perturbation.ADD_NOISE_KERNELS,
+         lambda: noisefast.add_noise(x, sigma, input_perturbation=0.1, offset_noise=0.1)),
+        ("ConsistencyNoise.sample", op_sampled.KERNELS, lambda: noise.sample(x, args.steps - 1)),
+        ("pseudo_huber_loss fwd+bwd", op_loss.FORWARD, loss_fwd_bwd),
+        ("consistency_output", op_output.FORWARD, lambda: noisefast.consistency_output(x, x, sigma)),
+        ("ema_update_ (4 tensors)", op_ema.KERNELS, lambda: noisefast.ema_update_(shadows, weights, 0.999)),
     ]
-    kernels = noisefast.ops.gaussian_noise.KERNELS
-    print(f"\n{'op (1M elements)':28s} {'backend':10s} {'time per call':>14s}")
-    for name, _, fn in ops:
-        print(f"{name:28s} {kernels.backend_for(device):10s} {time_per_call(fn) * 1e3:11.3f} ms")
+    print(f"\n{'op, 1M elements':28s} {'backend':10s} {'time per call':>14s}")
+    for name, kernels, fn in rows:
+        print(f"{name:28s} {kernels.backend_for(device):10s} {time_per_call(fn, device) * 1e3:11.3f} ms")
     return 0
 
 

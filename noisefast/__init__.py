@@ -5,11 +5,14 @@ The public API; every name is defined in a submodule and re-exported here.
 from . import plot, schedules
 from ._library import backends, use_backend
 from .consistency import ConsistencyBatch, ConsistencyNoise
+from .ema import EMA, ema_decay, gamma_to_sigma_rel, power_function_decay, sigma_rel_to_gamma
 from .ops.consistency_output import consistency_output, consistency_scalings
+from .ops.ema_update import ema_update_, ema_update_multi_
 from .ops.perturbation import add_noise, consistency_pair
 from .ops.pseudo_huber import pseudo_huber_loss
 from .ops.sampled_pair import SampledPair, sampled_consistency_pair
 from .ops.gaussian_noise import gaussian_noise
+from .posthoc_ema import PostHocEMA, posthoc_coefficients, power_function_weights
 from .random import randn
 from .regularizers import GaussianNoise
 from .schedules import (
@@ -56,6 +59,17 @@ __all__ = [
     "pseudo_huber_loss",
     "consistency_output",
     "consistency_scalings",
+    # EMA
+    "ema_update_",
+    "ema_update_multi_",
+    "EMA",
+    "ema_decay",
+    "sigma_rel_to_gamma",
+    "gamma_to_sigma_rel",
+    "power_function_decay",
+    "PostHocEMA",
+    "posthoc_coefficients",
+    "power_function_weights",
     # noise levels, level distributions, curricula
     "karras_sigmas",
     "KarrasLevels",

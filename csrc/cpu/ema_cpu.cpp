@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "noisefast/ema.h"
+#include "noisefast/ema_operands.h"
+#include "noisefast/torch_checks.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define NF_EMA_X86_MULTIVERSION 1
@@ -42,15 +44,6 @@ namespace {
 
 bool is_float_dtype(at::ScalarType s) {
   return s == at::kFloat || s == at::kHalf || s == at::kBFloat16 || s == at::kDouble;
-}
-
-DType dtype_code(at::ScalarType s) {
-  switch (s) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: return DType::kFloat64;
-  }
 }
 
 // The user's name of shadow p of tensor i: ema_tensors[i] or ema_lists[p][i].
@@ -131,7 +124,7 @@ void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef
       TORCH_CHECK_VALUE(at::has_internal_overlap(e) != at::MemOverlap::Yes, shadow_name(multi, p, i),
                         " has elements that share memory (e.g. an expanded tensor): it cannot be updated in place");
       const EmaPairing this_pairing = is_float_dtype(e.scalar_type())
-          ? ema_pairing(dtype_code(e.scalar_type()), dtype_code(x.scalar_type())) : EmaPairing::kUnsupported;
+          ? ema_pairing(dtype_of(e), dtype_of(x)) : EmaPairing::kUnsupported;
       TORCH_CHECK_TYPE(this_pairing != EmaPairing::kUnsupported, shadow_name(multi, p, i), " is ", e.scalar_type(),
                        " but tensors[", i, "] is ", x.scalar_type(),
                        ": a shadow must have its weight's dtype, or be float32 for float16/bfloat16 weights");
@@ -163,7 +156,7 @@ void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef
     }
     xs.push_back(x.data_ptr());
     numels.push_back(x.numel());
-    pairings.push_back(ema_pairing(dtype_code(emas[i].scalar_type()), dtype_code(x.scalar_type())));
+    pairings.push_back(ema_pairing(dtype_of(emas[i]), dtype_of(x)));
   }
   if (!xs.empty()) {
     EmaOperands operands;

@@ -7,20 +7,10 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "noisefast/dtype.h"
+#include "noisefast/torch_checks.h"  // dtype_of
 
 namespace noisefast {
 namespace cuda {
-
-inline DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kDouble: return DType::kFloat64;
-    default: TORCH_CHECK(false, "noisefast: unsupported dtype ", t.scalar_type(),
-                         " (expected float32, float16, bfloat16 or float64)");
-  }
-}
 
 // The dtype in which kernels for `data_dtype` do their arithmetic.
 inline at::ScalarType opmath_dtype(at::ScalarType data_dtype) {

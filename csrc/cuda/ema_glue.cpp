@@ -7,13 +7,9 @@
 
 #include "cuda_glue.h"
 #include "ema_launchers.h"
+#include "noisefast/ema_operands.h"
 
 namespace noisefast {
-
-// Defined in csrc/cpu/ema_cpu.cpp: checks the operands, arranges their layout and calls run once.
-void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef<double> decays,
-                       const std::optional<at::Tensor>& decay, bool multi,
-                       const std::function<void(const EmaOperands&)>& run);
 
 namespace {
 

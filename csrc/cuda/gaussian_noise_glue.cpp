@@ -25,7 +25,7 @@ at::Tensor gaussian_noise_cuda(const at::Tensor& x_in, const at::Tensor& seed, d
     TORCH_CHECK(scale.numel() >= 1, "noisefast: the std tensor is empty");
   }
   cuda::check_launch(
-      cuda::launch_gaussian_noise(x.data_ptr(), out.data_ptr(), cuda::dtype_of(x), x.numel(),
+      cuda::launch_gaussian_noise(x.data_ptr(), out.data_ptr(), dtype_of(x), x.numel(),
                                   seed.data_ptr<int64_t>(), std, scale.defined() ? scale.data_ptr() : nullptr,
                                   scale.defined() ? scale.numel() : 1, inner, cuda::current_stream()),
       "gaussian_noise");

@@ -14,7 +14,7 @@ void randn_out_cuda(at::Tensor& out, const at::Tensor& seed, int64_t stream, int
   check_nonnegative(stream, "stream");
   check_nonnegative(offset, "offset");
   const c10::cuda::CUDAGuard guard(out.device());
-  cuda::check_launch(cuda::launch_randn(out.data_ptr(), cuda::dtype_of(out), out.numel(), seed.data_ptr<int64_t>(),
+  cuda::check_launch(cuda::launch_randn(out.data_ptr(), dtype_of(out), out.numel(), seed.data_ptr<int64_t>(),
                                         static_cast<uint64_t>(stream), static_cast<uint64_t>(offset),
                                         cuda::current_stream()),
                      "randn");

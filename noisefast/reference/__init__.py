@@ -4,6 +4,6 @@ Short, obviously correct code: the tests' oracle, the benchmarks' "eager" baseli
 fallback when a compiled kernel is missing. One module per concern:
 ``random`` (the portable noise stream), ``noise`` (noise injection), ``perturbation`` (inputs of
 diffusion and consistency training), ``loss`` (the pseudo-Huber loss, the consistency
-parameterisation).
+parameterisation), ``ema`` (weight averaging).
 """
-from . import loss, noise, perturbation, random  # noqa: F401
+from . import ema, loss, noise, perturbation, random  # noqa: F401

@@ -6,7 +6,21 @@
 
 #include <cstdint>
 
+#include "noisefast/dtype.h"
+
 namespace noisefast {
+
+// The kernels' dtype code of a tensor (see dtype.h); raises for dtypes no kernel supports.
+inline DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kDouble: return DType::kFloat64;
+    default: TORCH_CHECK(false, "noisefast: unsupported dtype ", t.scalar_type(),
+                         " (expected float32, float16, bfloat16 or float64)");
+  }
+}
 
 inline uint64_t read_seed_on_cpu(const at::Tensor& seed) {
   TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1,
