@@ -41,8 +41,9 @@ install: venv
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The main example: consistency training on scikit-learn's digits (about 5 minutes on 2 CPU cores).
 demo: install
-	$(PY) examples/quickstart.py
+	$(PY) examples/train_consistency.py
 
 quickstart: install
 	$(PY) examples/quickstart.py
