@@ -89,6 +89,6 @@ def test_consistency_step(benchmark, provider, setup):
         step = compiled(eager_step, ("pipeline",))
         fn = lambda: step(x, sigmas, probs, weights, shadows, c)  # noqa: E731
     n = x.numel()
-    measure(benchmark, fn, op="consistency_step", provider=provider, numel=n, dtype=torch.float32,
+    measure(benchmark, fn, op="ict_noise_pipeline", provider=provider, numel=n, dtype=torch.float32,
             bytes_moved=8 * n * element_size(torch.float32) + 3 * PARAMS * 4,
             rounds=5 if DEVICE.type == "cpu" else 20, params=PARAMS)
