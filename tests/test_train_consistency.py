@@ -111,6 +111,13 @@ def test_bad_arguments_exit_with_a_clear_message(tmp_path, capsys, argv, message
     assert not any(tmp_path.iterdir())     # nothing written
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
+def test_cuda_requested_without_cuda(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_consistency.main(["--device", "cuda", "--out", str(tmp_path), "--quiet"])
+    assert info.value.code == 2 and "--device cuda: CUDA is not available here" in capsys.readouterr().err
+
+
 def test_resume_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         train_consistency.main(["--out", str(tmp_path), "--name", "none", "--resume"])
