@@ -79,12 +79,20 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
+CPU_CAVEAT = ("On a CPU, working sets that fit the last-level cache can exceed the copy bandwidth "
+              "(measured on 128 MiB, from DRAM), so the % column reads above 100% there; and torch's "
+              "per-tensor parallel regions (the eager EMA loop, _foreach ops) slow down sharply when "
+              "other processes share the cores, which inflates those ratios on a busy machine.")
+
+
 def render_report(rows, *, device: str, copy_bw: float, commit: str, date: str) -> str:
     lines = [f"# noisefast benchmarks on {device}", "",
              f"Date {date}, commit {commit}. Copy bandwidth measured in the same run: "
              f"{copy_bw / 1e9:.1f} GB/s (bytes read + written).", "",
              "Times are medians. Speed-up = provider time / noisefast time. GB/s counts the bytes the op "
              "must move (inputs read once, outputs written once) over noisefast's time.", ""]
+    if device.startswith("cpu"):
+        lines += [CPU_CAVEAT, ""]
     groups = {}
     for r in rows:
         groups.setdefault(r["op"], {}).setdefault((r["variant"], r["dtype"], r["numel"]), {})[r["provider"]] = r
@@ -122,7 +130,10 @@ def readme_summary(rows, *, device: str, copy_bw: float, commit: str, date: str)
         key = (r["op"], r["variant"], r["dtype"])
         largest[key] = max(largest.get(key, 0), r["numel"])
     lines = [f"Measured on {device}, {date}, commit {commit}; copy bandwidth {copy_bw / 1e9:.1f} GB/s "
-             f"(full tables: `benchmarks/results/{slug(device)}/report.md`).", "",
+             f"(full tables: `benchmarks/results/{slug(device)}/report.md`).", ""]
+    if device.startswith("cpu"):
+        lines += [CPU_CAVEAT, ""]
+    lines += [
              "| op | case | dtype | elements | vs eager | vs torch.compile | % of copy bandwidth |",
              "|---|---|---|---:|---:|---:|---:|"]
     for (op, variant, dtype), numel in sorted(largest.items()):

@@ -10,22 +10,16 @@ import torch
 import triton
 import triton.language as tl
 
+from .philox import sqrt_rn
 from .pseudo_huber import _tiling
 
-
-@triton.jit
-def _sqrt(x):
-    if x.dtype == tl.float64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
 
 
 @triton.jit
 def _scalings(sigma, sd, m):
     """(c_skip, c_out); at sigma = sigma_min exactly (1, 0)."""
     shifted = sigma - m
-    return sd * sd / (shifted * shifted + sd * sd), sd * shifted / _sqrt(sigma * sigma + sd * sd)
+    return sd * sd / (shifted * shifted + sd * sd), sd * shifted / sqrt_rn(sigma * sigma + sd * sd)
 
 
 @triton.jit
@@ -34,7 +28,7 @@ def _scalings_grad(sigma, sd, m):
     shifted = sigma - m
     skip_denom = shifted * shifted + sd * sd
     norm2 = sigma * sigma + sd * sd
-    return -2 * sd * sd * shifted / (skip_denom * skip_denom), sd * (sd * sd + m * sigma) / (norm2 * _sqrt(norm2))
+    return -2 * sd * sd * shifted / (skip_denom * skip_denom), sd * (sd * sd + m * sigma) / (norm2 * sqrt_rn(norm2))
 
 
 @triton.jit

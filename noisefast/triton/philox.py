@@ -47,6 +47,15 @@ else:
 
 
 @triton.jit
+def sqrt_rn(x):
+    """Correctly rounded square root in float32 and float64 (tl.sqrt is approximate in float32)."""
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
 def philox_block(seed, stream, q):
     """The four uint32 Philox words of blocks ``q`` (int64 tensor) of ``stream`` under ``seed``."""
     c0 = q.to(tl.uint32)

@@ -15,25 +15,19 @@ import torch
 import triton
 import triton.language as tl
 
+from .philox import sqrt_rn
+
 BLOCK = 1024           # elements per program per iteration (ROWS * COLS)
 TARGET_PROGRAMS = 1024  # enough to fill an H100 (132 SMs) several times over
 MAX_ITERS = 64         # at most 64K elements per program
 FINISH_BLOCK = 1024    # partials read per step by the finishing kernel
 
 
-@triton.jit
-def _sqrt(x):
-    # tl.sqrt is the approximate square root in float32; sqrt_rn rounds correctly (float32 only).
-    if x.dtype == tl.float64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
-
 
 @triton.jit
 def _term(s, c):
     """sqrt(s + c^2) - c as s / (sqrt(s + c^2) + c); 0 for s = c = 0, inf for s = inf."""
-    denom = _sqrt(s + c * c) + c
+    denom = sqrt_rn(s + c * c) + c
     return tl.where((denom > 0) & (s < float("inf")), s / denom, s)
 
 
@@ -131,7 +125,7 @@ def _backward_kernel(a_ptr, b_ptr, grad_ptr, loss_ptr, c, c_ptr, ga_ptr, gb_ptr,
         if PER_SAMPLE:
             grad = k[:, None] * e
         else:
-            grad = k[:, None] * (e * _inv_root(_sqrt(e * e + cval * cval)))
+            grad = k[:, None] * (e * _inv_root(sqrt_rn(e * e + cval * cval)))
         if WANT_INPUT:
             tl.store(ga_ptr + offs, grad.to(out_ty), mask=mask)
         if WANT_TARGET:

@@ -22,13 +22,7 @@
 
 #include "noisefast/dtype.h"
 
-#ifndef NF_HOST_DEVICE
-#if defined(__CUDACC__)
-#define NF_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define NF_HOST_DEVICE inline
-#endif
-#endif
+#include "noisefast/host_device.h"
 
 namespace noisefast {
 

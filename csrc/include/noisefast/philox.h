@@ -19,12 +19,11 @@
 
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define NF_HOST_DEVICE __host__ __device__ __forceinline__
-#else
+#if !defined(__CUDACC__)
 #include <cmath>
-#define NF_HOST_DEVICE inline
 #endif
+
+#include "noisefast/host_device.h"
 
 namespace noisefast {
 
