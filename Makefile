@@ -54,10 +54,15 @@ bench: install
 # For a GPU machine with no network: build in place with the installed torch, run the GPU
 # tests, then the benchmarks; results under benchmarks/results/<device>/ (and $$OUT if set).
 GPU_PYTHON ?= python3
+# The benchmarks run even when a test fails (device time is scarce); the exit status is the
+# first failure's.
 gpu-check:
 	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(GPU_PYTHON) setup.py build_ext --inplace
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS) 2>&1 | tee gpu-tests.log
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m benchmarks.run $(BENCH_ARGS)
+	status=0; \
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS) 2>&1 | tee gpu-tests.log || status=$$?; \
+	if [ -n "$$OUT" ]; then cp gpu-tests.log "$$OUT/"; fi; \
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m benchmarks.run $(BENCH_ARGS) || { rc=$$?; [ "$$status" -ne 0 ] || status=$$rc; }; \
+	exit $$status
 
 clean:
 	rm -rf build *.egg-info noisefast/*.so .pytest_cache .benchmarks
