@@ -16,6 +16,9 @@ Contents
   indices i in [0, N-2]: sigma_i is the target (smaller) level, sigma_{i+1} the student's.
 - Continuous sigma samplers: :class:`LogNormal`, :class:`LogUniform`, :class:`LogLogistic`,
   :class:`VDiffusion`, :class:`LaplaceLogSNR`, and ECT's mapping :func:`ect_r_from_t`.
+- Magnitude schedules of the noise-injection regularisers, callables ``step -> value``:
+  :class:`constant`, :class:`linear`, :class:`polynomial`, :class:`cosine`, :class:`interval`
+  (defined in noisefast/magnitude.py).
 
 Randomness: every sampler takes ``generator=None`` and draws with torch's own ops from that
 generator (the default generator of the target device when None), so ``torch.manual_seed``
@@ -33,6 +36,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from .magnitude import MagnitudeSchedule, constant, cosine, interval, linear, polynomial
+
 __all__ = [
     "karras_sigmas", "KarrasLevels",
     "ict_num_levels", "ct_num_levels", "sinusoidal_num_levels", "ct_ema_decay",
@@ -41,6 +46,8 @@ __all__ = [
     "lognormal_level_probs", "index_from_cdf",
     "LevelDistribution", "LogNormalLevels", "PolynomialLevels", "UniformLevels",
     "LogNormal", "LogUniform", "LogLogistic", "VDiffusion", "LaplaceLogSNR", "ect_r_from_t",
+    # magnitude schedules of the noise-injection regularisers (defined in magnitude.py)
+    "MagnitudeSchedule", "constant", "linear", "polynomial", "cosine", "interval",
 ]
 
 _F64 = torch.float64
