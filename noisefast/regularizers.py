@@ -7,10 +7,17 @@ import torch
 from torch import nn
 
 from .magnitude import check_schedule, check_step
-from .ops._checks import check_nonnegative_number
-from .ops.gaussian_noise import gaussian_noise
+from .ops._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
+from .ops.gaussian_noise import gaussian_noise, gaussian_noise_op, noise_scale
+from .random import draw_seed
 
 __all__ = ["ScheduledNoise", "GaussianNoise", "set_noise_step"]
+
+
+def _check_std_tensor(std: torch.Tensor) -> None:
+    if not std.is_floating_point():
+        raise TypeError(f"std must be a float tensor, got {std.dtype}")
+    check_nonnegative_values(std, "std")
 
 
 class ScheduledNoise(nn.Module):
@@ -24,7 +31,8 @@ class ScheduledNoise(nn.Module):
 
     Args:
         std: a number >= 0, or a float tensor of values >= 0 (kept as a buffer so it follows
-            ``.to(device)``; its shape must broadcast against what the subclass perturbs).
+            ``.to(device)``; its shape must broadcast against what the subclass perturbs). A tensor's
+            values are checked here and when a state_dict is loaded, not on every forward.
         schedule: None, or a callable ``step -> float >= 0`` such as
             ``noisefast.schedules.linear(1.0, 0.0, total_steps)``.
     """
@@ -32,36 +40,74 @@ class ScheduledNoise(nn.Module):
     def __init__(self, std: Union[float, torch.Tensor], schedule=None):
         super().__init__()
         if isinstance(std, torch.Tensor):
-            if not std.is_floating_point():
-                raise TypeError(f"std must be a float tensor, got {std.dtype}")
+            _check_std_tensor(std)
             self.register_buffer("std", std.detach().clone())
         else:
             self.std = check_nonnegative_number(std, "std")
         self.schedule = check_schedule(schedule)
+        # The factor lives in a tensor that the kernels read, so that a changing magnitude neither
+        # recompiles a torch.compile'd model (Python numbers are specialised) nor breaks CUDA-graph
+        # replay; it is recomputed on the host, and checked, whenever num_steps changes.
+        self.register_buffer("_factor", None if schedule is None else torch.ones((), dtype=torch.float64),
+                             persistent=False)
         self.num_steps = 0
 
+    @property
+    def num_steps(self) -> int:
+        """Steps taken so far; the schedule is evaluated at this step."""
+        return self._num_steps
+
+    @num_steps.setter
+    def num_steps(self, step: int) -> None:
+        step = check_step(step)
+        if self.schedule is not None:
+            value = check_nonnegative_number(self.schedule(step), "schedule(step)")
+            self._factor.fill_(value)
+        self._num_steps = step
+
     def factor(self) -> float:
-        """``schedule(num_steps)`` (1.0 without a schedule), checked to be finite and >= 0."""
-        if self.schedule is None:
-            return 1.0
-        return check_nonnegative_number(self.schedule(self.num_steps), "schedule(step)")
+        """``schedule(num_steps)`` (1.0 without a schedule)."""
+        return 1.0 if self.schedule is None else float(self.schedule(self.num_steps))
 
     def current_std(self) -> Union[float, torch.Tensor]:
         """The magnitude used by the next forward: ``std * schedule(num_steps)``."""
         factor = self.factor()
         return self.std if factor == 1.0 else self.std * factor
 
+    def noise_scale(self, x: torch.Tensor):
+        """``(std_value, scale, inner)`` of the gaussian_noise op for input x, schedule included."""
+        std_value, scale, inner = noise_scale(x, self.std)
+        if self._factor is not None:
+            factor = self._factor.to(x.device)
+            scale = factor.reshape(1) if scale is None else scale * factor
+        return std_value, scale, inner
+
     def step(self, steps: int = 1) -> None:
         """Advance the schedule by ``steps`` (>= 0)."""
-        self.num_steps += check_step(steps)
+        self.num_steps = self.num_steps + check_step(steps)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        std = state_dict.get(prefix + "std")
+        if isinstance(std, torch.Tensor):
+            _check_std_tensor(std)
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            self._check_extra_state(extra)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> Dict[str, Any]:
         return {"num_steps": self.num_steps}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.num_steps = self._check_extra_state(state)
+
+    def _check_extra_state(self, state) -> int:
         if not isinstance(state, dict) or "num_steps" not in state:
             raise ValueError(f"{type(self).__name__} state must be a dict with 'num_steps', got {state!r}")
-        self.num_steps = check_step(state["num_steps"])
+        step = check_step(state["num_steps"])
+        if self.schedule is not None:
+            check_nonnegative_number(self.schedule(step), "schedule(step)")
+        return step
 
     def _std_repr(self) -> str:
         std = self.std if not isinstance(self.std, torch.Tensor) else f"tensor{tuple(self.std.shape)}"
@@ -115,7 +161,9 @@ class GaussianNoise(ScheduledNoise):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return gaussian_noise(x, self.std, training=False)
-        return gaussian_noise(x, self.current_std(), training=True, generator=self.generator)
+        check_float_tensor(x, "x")
+        std_value, scale, inner = self.noise_scale(x)
+        return gaussian_noise_op(x, draw_seed(x.device, self.generator), std_value, scale, inner, True)
 
     def extra_repr(self) -> str:
         return self._std_repr()

@@ -26,19 +26,21 @@ KERNELS = Kernels(
 
 @torch.library.custom_op("noisefast::gaussian_noise", mutates_args=())
 def gaussian_noise_op(x: torch.Tensor, seed: torch.Tensor, std: float, scale: Optional[torch.Tensor],
-                      inner: int) -> torch.Tensor:
-    if scale is not None:
+                      inner: int, scale_checked: bool = False) -> torch.Tensor:
+    # scale_checked: the caller has validated scale's values already (the noise modules do it on
+    # the host when the magnitude changes), which spares a device-to-host read on every call.
+    if scale is not None and not scale_checked:
         check_nonnegative_values(scale, "std")
     return KERNELS(x.device, x, seed, std, scale, inner)
 
 
 @gaussian_noise_op.register_fake
-def _(x, seed, std, scale, inner):
+def _(x, seed, std, scale, inner, scale_checked=False):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
-    x, seed, std, scale, inner = inputs
+    x, seed, std, scale, inner, _ = inputs
     ctx.std, ctx.inner = std, inner
     ctx.numel = x.numel()
     ctx.save_for_backward(seed, scale if scale is not None else None)
@@ -55,7 +57,7 @@ def _backward(ctx, grad):
         per_element = grad.reshape(-1).to(acc) * z.to(acc) * ctx.std
         period = scale.numel()
         grad_scale = per_element.view(-1, period, ctx.inner).sum(dim=(0, 2)).to(scale.dtype)
-    return grad_x, None, None, grad_scale, None
+    return grad_x, None, None, grad_scale, None, None
 
 
 gaussian_noise_op.register_autograd(_backward, setup_context=_setup_context)
@@ -104,6 +106,20 @@ def gaussian_noise(x: torch.Tensor, std: Union[float, torch.Tensor], *, training
     Checking a CUDA std tensor's values reads it on the host (skipped during CUDA-graph capture).
     """
     check_float_tensor(x, "x")
+    std_value, scale, inner = noise_scale(x, std)
+    if not training:
+        return x
+    from ..random import draw_seed  # noisefast.random imports ops; import here to avoid a cycle
+
+    return gaussian_noise_op(x, draw_seed(x.device, generator), std_value, scale, inner)
+
+
+def noise_scale(x: torch.Tensor, std: Union[float, torch.Tensor]) -> Tuple[float, Optional[torch.Tensor], int]:
+    """Check ``std`` against x and express it as the op's (std_value, scale, inner).
+
+    A number gives (std, None, 1); a tensor gives (1.0, scale, inner) from :func:`broadcast_as_scale`
+    (its values are checked later, inside the op). Errors name ``std``.
+    """
     if isinstance(std, torch.Tensor):
         if not std.is_floating_point():
             raise TypeError(f"std must be a float tensor, got {std.dtype}")
@@ -115,11 +131,6 @@ def gaussian_noise(x: torch.Tensor, std: Union[float, torch.Tensor], *, training
             broadcast = None
         if broadcast != x.shape:
             raise ValueError(f"std of shape {tuple(std.shape)} does not broadcast to x of shape {tuple(x.shape)}")
-        std_value, (scale, inner) = 1.0, broadcast_as_scale(std.to(x.device), x.shape)
-    else:
-        std_value, scale, inner = check_nonnegative_number(std, "std"), None, 1
-    if not training:
-        return x
-    from ..random import draw_seed  # noisefast.random imports ops; import here to avoid a cycle
-
-    return gaussian_noise_op(x, draw_seed(x.device, generator), std_value, scale, inner)
+        scale, inner = broadcast_as_scale(std.to(x.device), x.shape)
+        return 1.0, scale, inner
+    return check_nonnegative_number(std, "std"), None, 1
