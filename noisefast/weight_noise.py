@@ -52,6 +52,11 @@ class WeightNoise(ScheduledNoise):
     ``module.named_parameters()`` order, are the tensors of one ``add_noise_``-layout call (the
     k-th gets stream elements ``base_k ..``, see :func:`noisefast.add_noise_`).
 
+    Data parallelism: wrap the model before DDP (``DDP(WeightNoise(net, std))``); DDP's gradient
+    hooks sit on the clean parameters, which receive the gradients as usual. Each rank draws its
+    own noise (more perturbations per step); seed every rank's ``generator`` alike to make the
+    noise identical instead.
+
     state_dict: the wrapped module is the child ``module``, so keys are ``module.<name>`` (as with
     DistributedDataParallel) plus ``_extra_state`` (the schedule's ``num_steps``) and ``std`` when
     std is a tensor. To save or load the bare model use ``wrapper.module.state_dict()`` /
