@@ -8,6 +8,7 @@
 
 #include <optional>
 
+#include "noisefast/noise.h"
 #include "noisefast/streams.h"
 #include "noisefast/torch_checks.h"
 #include "normal_stream_cpu.h"
@@ -32,7 +33,7 @@ at::Tensor gaussian_noise_cpu(const at::Tensor& x_in, const at::Tensor& seed, do
         const scalar_t* src = x_data + i0;
         scalar_t* dst = out_data + i0;
         for (int64_t t = 0; t < count; ++t) {
-          dst[t] = static_cast<scalar_t>(static_cast<opmath_t>(src[t]) + std_value * static_cast<opmath_t>(z[t]));
+          dst[t] = static_cast<scalar_t>(add_scaled_normal<opmath_t>(static_cast<opmath_t>(src[t]), std_value, z[t]));
         }
       });
       return;
@@ -43,7 +44,7 @@ at::Tensor gaussian_noise_cpu(const at::Tensor& x_in, const at::Tensor& seed, do
     const int64_t period = scale.numel();
     cpu::for_each_normal(x.numel(), seed_value, kStreamNoise, 0, [=](int64_t i, float z) {
       const opmath_t sigma = std_value * scale_data[(i / inner) % period];
-      out_data[i] = static_cast<scalar_t>(static_cast<opmath_t>(x_data[i]) + sigma * static_cast<opmath_t>(z));
+      out_data[i] = static_cast<scalar_t>(add_scaled_normal<opmath_t>(static_cast<opmath_t>(x_data[i]), sigma, z));
     });
   });
   return out;

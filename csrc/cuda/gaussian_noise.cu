@@ -1,6 +1,7 @@
 // gaussian_noise on CUDA: out = x + std * scale[(i / inner) % period] * z, one pass, z never stored.
 #include "elementwise.cuh"
 #include "launchers.h"
+#include "noisefast/noise.h"
 #include "noisefast/philox.h"
 
 namespace noisefast {
@@ -25,7 +26,7 @@ __global__ void gaussian_noise_kernel(const scalar_t* __restrict__ x, scalar_t* 
 #pragma unroll
       for (int lane = 0; lane < kNormalsPerBlock; ++lane) {
         const acc_t sigma = scale == nullptr ? std : std * scale[((base + lane) / inner) % period];
-        result.v[lane] = from_opmath<scalar_t>(to_opmath(in.v[lane]) + sigma * static_cast<acc_t>(z.z[lane]));
+        result.v[lane] = from_opmath<scalar_t>(add_scaled_normal<acc_t>(to_opmath(in.v[lane]), sigma, z.z[lane]));
       }
       *reinterpret_cast<Pack4<scalar_t>*>(out + base) = result;
     } else {
@@ -34,7 +35,7 @@ __global__ void gaussian_noise_kernel(const scalar_t* __restrict__ x, scalar_t* 
         const int64_t i = base + lane;
         if (i < n) {
           const acc_t sigma = scale == nullptr ? std : std * scale[(i / inner) % period];
-          out[i] = from_opmath<scalar_t>(to_opmath(x[i]) + sigma * static_cast<acc_t>(z.z[lane]));
+          out[i] = from_opmath<scalar_t>(add_scaled_normal<acc_t>(to_opmath(x[i]), sigma, z.z[lane]));
         }
       }
     }

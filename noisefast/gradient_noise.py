@@ -1,0 +1,137 @@
+"""Annealed Gaussian gradient noise (Neelakantan et al. 2015, "Adding Gradient Noise Improves
+Learning for Very Deep Networks", arXiv:1511.06807)."""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+import torch
+
+from .magnitude import _int, _real, check_step
+from .ops.list_noise import add_noise_
+
+__all__ = ["GradientNoise"]
+
+
+def _collect_params(params) -> List[torch.Tensor]:
+    """The tensors of an iterable of tensors, or of param-group dicts {"params": ...} like an optimizer's."""
+    if isinstance(params, torch.Tensor):
+        raise TypeError("params must be an iterable of tensors or of param-group dicts, got a single tensor "
+                        "(wrap it in a list)")
+    try:
+        items = list(params)
+    except TypeError:
+        raise TypeError(f"params must be an iterable of tensors or of param-group dicts, "
+                        f"got {type(params).__name__}") from None
+    out: List[torch.Tensor] = []
+    for i, item in enumerate(items):
+        if isinstance(item, Mapping):
+            if "params" not in item:
+                raise ValueError(f"params[{i}] is a param group without a 'params' entry")
+            group = item["params"]
+            group = [group] if isinstance(group, torch.Tensor) else list(group)
+            for j, p in enumerate(group):
+                if not isinstance(p, torch.Tensor):
+                    raise TypeError(f"params[{i}]['params'][{j}] must be a tensor, got {type(p).__name__}")
+                out.append(p)
+        elif isinstance(item, torch.Tensor):
+            out.append(item)
+        else:
+            raise TypeError(f"params[{i}] must be a tensor or a param-group dict, got {type(item).__name__}")
+    seen = set()
+    for p in out:
+        if id(p) in seen:
+            raise ValueError("params lists a tensor more than once: its gradient would receive noise twice")
+        seen.add(id(p))
+    return out
+
+
+class GradientNoise:
+    """Adds annealed Gaussian noise to gradients: ``g <- g + N(0, sigma_t^2)``, in one fused launch
+    per device (:func:`noisefast.add_noise_`).
+
+    Neelakantan et al. 2015 (arXiv:1511.06807), eq. (1): the VARIANCE anneals,
+
+        sigma_t^2 = eta / (1 + t)^gamma,   i.e.   std_t = sqrt(eta / (1 + t)^gamma),
+
+    with t the number of noise steps taken so far (0 at the first :meth:`step`). The paper uses
+    gamma = 0.55 and eta in {0.01, 0.3, 1.0}. (Some ports use eta / (1 + t)^gamma as the std: that is
+    not the paper's schedule.)
+
+    Args:
+        params: an iterable of tensors (Parameters), or of param-group dicts like an optimizer's
+            (``optimizer.param_groups`` works; only their "params" are used). A tensor may appear
+            only once.
+        eta: the initial variance, >= 0.
+        gamma: the annealing exponent, >= 0.
+        generator: where each step's seed is drawn (default: the default generator of each
+            gradient's device). Under data parallelism pass a generator seeded identically on
+            every rank, so that every replica adds the same noise.
+
+    Where to call it: after the gradients are final and before the optimizer uses them::
+
+        scaler.scale(loss).backward()        # DDP all-reduces the gradients during backward
+        scaler.unscale_(optimizer)            # noise is added to the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(...)   # (optional; before or after the noise, as you intend)
+        grad_noise.step()                     # g += N(0, eta / (1 + t)^gamma); t += 1
+        scaler.step(optimizer); scaler.update()
+
+    Under DistributedDataParallel the noise must be identical on every rank, added after the
+    all-reduce (or replicas drift apart): give every rank a ``torch.Generator`` seeded with the same
+    number (on the gradients' device, or the CPU). With GradScaler, a step that the scaler skips
+    (inf/NaN gradients) still advances t.
+
+    Shapes and dtypes: any gradient shapes; float32, float16, bfloat16, float64 gradients (noise
+    computed in float32, float64 for float64, rounded once). Gradients that are None are skipped;
+    sparse gradients raise TypeError.
+    """
+
+    def __init__(self, params: Iterable[Union[torch.Tensor, Dict[str, Any]]], eta: float = 0.3,
+                 gamma: float = 0.55, *, generator: Optional[torch.Generator] = None):
+        self.params = _collect_params(params)
+        self.eta = _real(eta, "eta", nonnegative=True)
+        self.gamma = _real(gamma, "gamma", nonnegative=True)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = generator
+        self.t = 0
+
+    def std(self, step: Optional[int] = None) -> float:
+        """sigma_t = sqrt(eta / (1 + t)^gamma) at ``step`` (default: the step the next :meth:`step` uses)."""
+        t = self.t if step is None else check_step(step)
+        return math.sqrt(self.eta / (1.0 + t) ** self.gamma)
+
+    @torch.no_grad()
+    def step(self) -> float:
+        """Add N(0, sigma_t^2) to every ``p.grad`` that is not None, then t += 1. Returns sigma_t."""
+        sigma = self.std()
+        by_device: "OrderedDict[torch.device, List[torch.Tensor]]" = OrderedDict()
+        for p in self.params:
+            if p.grad is not None:
+                by_device.setdefault(p.grad.device, []).append(p.grad)
+        if sigma > 0:
+            for grads in by_device.values():
+                add_noise_(grads, sigma, generator=self.generator)
+        self.t += 1
+        return sigma
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"t": self.t, "eta": self.eta, "gamma": self.gamma}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore t, eta and gamma; everything is validated before anything changes."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        keys = set(state_dict)
+        if keys != {"t", "eta", "gamma"}:
+            raise ValueError(f"state_dict must have exactly the keys 't', 'eta', 'gamma'; missing "
+                             f"{sorted({'t', 'eta', 'gamma'} - keys)}, unexpected {sorted(keys - {'t', 'eta', 'gamma'})}")
+        t = _int(state_dict["t"], "state_dict['t']", 0)
+        eta = _real(state_dict["eta"], "state_dict['eta']", nonnegative=True)
+        gamma = _real(state_dict["gamma"], "state_dict['gamma']", nonnegative=True)
+        self.t, self.eta, self.gamma = t, eta, gamma
+
+    def __repr__(self) -> str:
+        return (f"GradientNoise({len(self.params)} tensors, eta={self.eta}, gamma={self.gamma}, t={self.t}, "
+                f"std={self.std():.4g})")

@@ -1,0 +1,194 @@
+"""Gaussian noise over a list of tensors in one fused pass: ``add_noise_`` (in place) and
+``noisy_copies`` (out of place, differentiable; what WeightNoise builds its noisy weights with).
+
+Ops ``noisefast::add_noise_(tensors, seed, stds, std_tensor)`` and
+``noisefast::noisy_copies(tensors, seed, stds, std_tensor) -> tensors``: on CUDA one launch of a
+multi-tensor kernel (csrc/cuda/add_noise.cu; a list of more than 89 tensors takes a launch per 89),
+on the CPU one at::parallel_for over the tensors' noise laid end to end (csrc/cpu/add_noise_cpu.cpp).
+The per-element formula is csrc/include/noisefast/noise.h, the one gaussian_noise uses;
+noisefast/reference/list_noise.py is the specification.
+
+Argument checks: the public functions check what costs O(1) per call or per std value; the
+per-tensor checks (dtype, device, layout, aliasing) run in C++ before anything is written
+(the reference backend repeats them in Python) and raise ValueError/TypeError naming the argument.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .._library import Kernels
+from ._checks import check_nonnegative_number
+from .ema_update import _increment_versions
+
+KERNELS = Kernels("add_noise_", reference="noisefast.reference.list_noise:add_noise_", compiled="add_noise_",
+                  gpu_preference=("cuda",))
+KERNELS_COPIES = Kernels("noisy_copies", reference="noisefast.reference.list_noise:noisy_copies",
+                         compiled="noisy_copies", gpu_preference=("cuda",))
+
+Std = Union[float, torch.Tensor, Sequence[float]]
+
+
+def _device(tensors: Sequence[torch.Tensor]) -> torch.device:
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+@torch.library.custom_op("noisefast::add_noise_", mutates_args=("tensors",))
+def add_noise_op(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
+                 std_tensor: Optional[torch.Tensor]) -> None:
+    """``tensors[k] += std_k * z_k`` in place; std_k = stds[k], or the 0-d std_tensor (float32 or
+    float64, on the tensors' device or the CPU) when given (stds then empty)."""
+    KERNELS(_device(tensors), tensors, seed, stds, std_tensor)
+
+
+@add_noise_op.register_fake
+def _(tensors, seed, stds, std_tensor):
+    return None
+
+
+@torch.library.custom_op("noisefast::noisy_copies", mutates_args=())
+def noisy_copies_op(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
+                    std_tensor: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """New contiguous tensors ``tensors[k] + std_k * z_k`` (same noise as add_noise_ with the same
+    arguments). Gradient: the identity for each tensor."""
+    return KERNELS_COPIES(_device(tensors), tensors, seed, stds, std_tensor)
+
+
+@noisy_copies_op.register_fake
+def _(tensors, seed, stds, std_tensor):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+
+
+def _copies_setup_context(ctx, inputs, output):
+    ctx.num_stds = len(inputs[2])  # the gradient is the identity: nothing is saved, in particular no noise
+
+
+def _copies_backward(ctx, grads):
+    # No gradient for stds: None, or [] for an empty list (autograd compares the pytree structure
+    # of this return with the inputs', in which an empty list is a node, not a leaf).
+    return list(grads), None, None if ctx.num_stds else [], None
+
+
+noisy_copies_op.register_autograd(_copies_backward, setup_context=_copies_setup_context)
+
+
+def _tensor_list(value, name: str) -> List[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a tensor or a list or tuple of tensors, got {type(value).__name__}")
+    for i, t in enumerate(value):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:  # checked here: the dispatcher would route a sparse list elsewhere
+            raise TypeError(f"{name}[{i}] must be a dense (strided) tensor, got {t.layout}")
+    return list(value)
+
+
+def std_arguments(std: Std, count: int, device: torch.device) -> Tuple[List[float], Optional[torch.Tensor]]:
+    """(stds, std_tensor) for the ops from the public ``std`` argument of a call on ``count`` tensors.
+
+    Raises TypeError/ValueError naming ``std``: a negative or non-finite number, a tensor that is
+    not a 0-d float tensor on ``device`` or the CPU, a sequence whose length is not ``count``.
+    """
+    if isinstance(std, torch.Tensor):
+        if not std.is_floating_point():
+            raise TypeError(f"std must be a float tensor, got {std.dtype}")
+        if std.dim() != 0:
+            raise ValueError(f"std must be a 0-d tensor (or a number, or one number per tensor), "
+                             f"got shape {tuple(std.shape)}")
+        if std.device != device and std.device.type != "cpu":
+            raise ValueError(f"std is on {std.device} but the tensors are on {device}")
+        std = std.detach()
+        return [], std if std.dtype in (torch.float32, torch.float64) else std.float()
+    if isinstance(std, numbers.Real) and not isinstance(std, bool):
+        return [check_nonnegative_number(std, "std")] * count, None
+    if isinstance(std, Sequence) and not isinstance(std, (str, bytes)):
+        if len(std) != count:
+            raise ValueError(f"std has {len(std)} values for {count} tensors")
+        return [check_nonnegative_number(s, f"std[{k}]") for k, s in enumerate(std)], None
+    raise TypeError(f"std must be a number, a 0-d float tensor or a sequence of numbers, got {type(std).__name__}")
+
+
+def add_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]], std: Std, *,
+               generator: Optional[torch.Generator] = None):
+    """In place, for every tensor k of the list: ``tensors[k] += std_k * z_k``, z ~ N(0, 1), one fused pass.
+
+    The list form of :func:`noisefast.gaussian_noise` (Gaussian noise injection; Bishop 1995), for
+    noise added to many tensors at once: gradients (:class:`GradientNoise`, Neelakantan et al.
+    2015), weights, replicas. Replaces ``for t in tensors: t.add_(torch.randn_like(t), alpha=std)``.
+
+    Args:
+        tensors: a list or tuple of float32, float16, bfloat16 or float64 tensors of any shapes
+            and dtypes (mixed), all on one device; or one tensor. Non-contiguous tensors (views)
+            are updated in place, elements outside the view untouched. Empty tensors are skipped.
+        std: the standard deviation: a number >= 0; a 0-d float tensor on the tensors' device or
+            the CPU (a CUDA tensor is read by the kernel, not by the host: no synchronisation,
+            safe under CUDA-graph capture, and its value is not checked); or a sequence of numbers,
+            one per tensor.
+        generator: where the call's seed is drawn (default: the default generator of the
+            tensors' device).
+
+    Returns:
+        ``tensors`` itself (the list, or the one tensor).
+
+    Maths: ``t <- round(t + std_k * z)`` computed in float32 (float64 for float64 tensors) and
+    rounded once to t's dtype, the arithmetic of gaussian_noise (csrc/include/noisefast/noise.h).
+    A tensor whose std is 0 is left bit for bit as it was. No autograd history is recorded (like
+    an optimizer step).
+
+    Noise stream: ONE seed per call (noisefast.random.draw_seed). Element j (row-major logical
+    order) of tensor k is element ``base_k + j`` of stream STREAM_NOISE of the portable stream,
+    ``base_k = sum_{i<k} round_up(numel_i, 4)``: every Philox call serves one tensor, and a
+    one-tensor list gets exactly the noise ``gaussian_noise`` adds with the same seed.
+
+    Cost: one launch on CUDA for up to 89 tensors (one more per further 89), one parallel loop on
+    the CPU; each tensor read and written once (non-contiguous ones through a contiguous copy).
+
+    Raises (before anything is written): TypeError/ValueError naming ``tensors`` (not tensors,
+    unsupported dtype or layout, several devices, an expanded tensor, the same memory listed
+    twice: it would get noise twice) or ``std`` (negative or non-finite, wrong length or shape).
+    An empty list is a no-op.
+    """
+    single = isinstance(tensors, torch.Tensor)
+    ts = _tensor_list(tensors, "tensors")
+    stds, std_tensor = std_arguments(std, len(ts), _device(ts))
+    if not ts:
+        return tensors
+    from ..random import draw_seed  # noisefast.random imports ops; import here to avoid a cycle
+
+    seed = draw_seed(ts[0].device, generator)
+    with torch.no_grad():
+        device = ts[0].device
+        if (torch.compiler.is_compiling() or device.type not in ("cpu", "cuda")
+                or _get_current_dispatch_mode() is not None):
+            add_noise_op(ts, seed, stds, std_tensor)
+        else:
+            # Straight to the backend in eager mode: the custom op's Python layers cost ~2 us per
+            # tensor (see ops/ema_update.py); the version counters are bumped here instead.
+            KERNELS(device, ts, seed, stds, std_tensor)
+            _increment_versions(ts)
+    return ts[0] if single else tensors
+
+
+def noisy_copies(tensors: Sequence[torch.Tensor], std: Std, *, seed: Optional[torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """New contiguous tensors ``tensors[k] + std_k * z_k``: the noise :func:`add_noise_` would add
+    (same stream layout), out of place in one pass (each input read once, each output written
+    once). Differentiable: the gradient with respect to each input is the identity, and nothing
+    is saved for backward. ``seed`` (an int64 tensor of shape [1] on the tensors' device) is drawn
+    from ``generator`` when None.
+    """
+    ts = _tensor_list(tensors, "tensors")
+    stds, std_tensor = std_arguments(std, len(ts), _device(ts))
+    if not ts:
+        return []
+    if seed is None:
+        from ..random import draw_seed
+
+        seed = draw_seed(ts[0].device, generator)
+    return noisy_copies_op(ts, seed, stds, std_tensor)

@@ -1,0 +1,129 @@
+"""Reference of the list-of-tensors noise ops ``add_noise_`` and ``noisy_copies``: the eager
+specification of csrc/cpu/add_noise_cpu.cpp and csrc/cuda/add_noise.cu.
+
+Noise stream of one call (one seed): element j (row-major logical order) of tensor k receives
+element ``base_k + j`` of normal stream STREAM_NOISE, ``base_k = sum_{i<k} round_up(numel_i, 4)``.
+So each Philox block serves one tensor, and a one-tensor list gets exactly the noise of
+``gaussian_noise`` under the same seed.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+
+from ..ops._checks import FLOAT_DTYPES
+from .random import normal_stream
+
+STREAM_NOISE = 0  # noisefast.random.STREAM_NOISE (not imported: noisefast.random imports the ops)
+
+
+def stream_bases(numels: Sequence[int]) -> List[int]:
+    """First stream element of each tensor: running sums of the sizes rounded up to multiples of 4."""
+    bases, base = [], 0
+    for n in numels:
+        bases.append(base)
+        base += (n + 3) // 4 * 4
+    return bases
+
+
+def _footprint(t: torch.Tensor):
+    extent = 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + extent * t.element_size()
+
+
+def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b share elements: exact for dense tensors and for repeated views (the kernels'
+    rule, csrc/cpu/add_noise_cpu.cpp); interleaved non-dense views count as disjoint."""
+    (a0, a1), (b0, b1) = _footprint(a), _footprint(b)
+    if a1 <= b0 or b1 <= a0:
+        return False
+    if (a.data_ptr(), a.shape, a.stride(), a.dtype) == (b.data_ptr(), b.shape, b.stride(), b.dtype):
+        return True
+    return _dense(a) and _dense(b)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill their footprint exactly (any dim order)."""
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _internal_overlap(t: torch.Tensor) -> bool:
+    return any(st == 0 and s > 1 for s, st in zip(t.shape, t.stride()))
+
+
+def check_operands(tensors: Sequence[torch.Tensor], stds: Sequence[float], std_tensor: Optional[torch.Tensor],
+                   in_place: bool) -> List[float]:
+    """The kernels' checks, with their messages; returns one std per tensor."""
+    n = len(tensors)
+    if std_tensor is not None:
+        if stds:
+            raise ValueError("pass std as numbers or as a tensor, not both")
+        if std_tensor.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"std must be a float32 or float64 tensor, got {std_tensor.dtype}")
+        if std_tensor.dim() != 0:
+            raise ValueError(f"std must be a 0-d tensor, got shape {tuple(std_tensor.shape)}")
+        if n and std_tensor.device.type != "cpu" and std_tensor.device != tensors[0].device:
+            raise ValueError(f"std is on {std_tensor.device} but the tensors are on {tensors[0].device}")
+        values = [float(std_tensor.item())] * n
+    else:
+        if len(stds) != n:
+            raise ValueError(f"std has {len(stds)} values for {n} tensors")
+        values = [float(s) for s in stds]
+    for i, s in enumerate(values):
+        if not (math.isfinite(s) and s >= 0):
+            raise ValueError(f"std must be finite and >= 0, got {s}")
+    for i, t in enumerate(tensors):
+        if t.layout != torch.strided:
+            raise TypeError(f"tensors[{i}] must be a dense (strided) tensor, got {t.layout}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"tensors[{i}] must be float32, float16, bfloat16 or float64, got {t.dtype}")
+        if t.device != tensors[0].device:
+            raise ValueError(f"tensors[{i}] is on {t.device} but tensors[0] is on {tensors[0].device}")
+        if in_place and _internal_overlap(t):
+            raise ValueError(f"tensors[{i}] has elements that share memory (e.g. an expanded tensor): "
+                             "it cannot be updated in place")
+    if in_place:
+        live = [i for i, t in enumerate(tensors) if t.numel() > 0]
+        for a in range(len(live)):
+            for b in range(a + 1, len(live)):
+                if _share_memory(tensors[live[a]], tensors[live[b]]):
+                    raise ValueError(f"tensors[{live[a]}] and tensors[{live[b]}] share memory: their common "
+                                     "elements would receive noise twice")
+    return values
+
+
+def noisy_value(t: torch.Tensor, seed: int, base: int, std: float) -> torch.Tensor:
+    """t + std * z, z = stream elements base .. base + numel - 1; math in float32 (float64 for
+    float64 t) in the order of gaussian_noise's kernels, rounded once to t's dtype."""
+    opmath = torch.float64 if t.dtype == torch.float64 else torch.float32
+    if std == 0:
+        return t.clone()  # untouched, bit for bit (x + 0 * z would turn -0.0 into +0.0)
+    z = normal_stream(t.numel(), seed, STREAM_NOISE, base, device=t.device).to(opmath)
+    sigma = torch.tensor(std, dtype=opmath, device=t.device)
+    return (t.reshape(-1).to(opmath) + sigma * z).to(t.dtype).view(t.shape)
+
+
+def add_noise_(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
+               std_tensor: Optional[torch.Tensor]) -> None:
+    """Kernel-level reference of ``noisefast_C::add_noise_``: tensors[k] += std_k * z_k in place."""
+    values = check_operands(tensors, stds, std_tensor, in_place=True)
+    seed_value = int(seed.reshape(()).item())
+    for t, base, std in zip(tensors, stream_bases([t.numel() for t in tensors]), values):
+        if t.numel() and std != 0:
+            t.copy_(noisy_value(t, seed_value, base, std))
+
+
+def noisy_copies(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
+                 std_tensor: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """Kernel-level reference of ``noisefast_C::noisy_copies``: new contiguous tensors[k] + std_k * z_k."""
+    values = check_operands(tensors, stds, std_tensor, in_place=False)
+    seed_value = int(seed.reshape(()).item())
+    return [noisy_value(t, seed_value, base, std).contiguous()
+            for t, base, std in zip(tensors, stream_bases([t.numel() for t in tensors]), values)]
