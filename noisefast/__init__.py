@@ -12,9 +12,12 @@ from .ops.perturbation import add_noise, consistency_pair
 from .ops.pseudo_huber import pseudo_huber_loss
 from .ops.sampled_pair import SampledPair, sampled_consistency_pair
 from .ops.gaussian_noise import gaussian_noise
+from .ops.list_noise import add_noise_
+from .gradient_noise import GradientNoise
+from .weight_noise import WeightNoise, weights_only
 from .posthoc_ema import PostHocEMA, posthoc_coefficients, power_function_weights
 from .random import randn
-from .regularizers import GaussianNoise
+from .regularizers import GaussianNoise, ScheduledNoise, set_noise_step
 from .schedules import (
     ConstantCurriculum,
     CTCurriculum,
@@ -46,8 +49,15 @@ __all__ = [
     "backends",
     "use_backend",
     "randn",
+    # noise injection
     "gaussian_noise",
     "GaussianNoise",
+    "add_noise_",
+    "GradientNoise",
+    "WeightNoise",
+    "weights_only",
+    "ScheduledNoise",
+    "set_noise_step",
     # perturbation
     "consistency_pair",
     "add_noise",

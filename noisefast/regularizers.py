@@ -74,6 +74,11 @@ class ScheduledNoise(nn.Module):
         factor = self.factor()
         return self.std if factor == 1.0 else self.std * factor
 
+    def magnitude(self) -> Union[float, torch.Tensor]:
+        """``std * schedule(num_steps)`` for the kernels: ``std`` itself without a schedule, else a
+        tensor (the factor is read by the kernel, so a changing schedule neither recompiles nor syncs)."""
+        return self.std if self._factor is None else self.std * self._factor
+
     def noise_scale(self, x: torch.Tensor):
         """``(std_value, scale, inner)`` of the gaussian_noise op for input x, schedule included."""
         std_value, scale, inner = noise_scale(x, self.std)

@@ -90,10 +90,6 @@ class WeightNoise(ScheduledNoise):
         if filter is not None and not callable(filter):
             raise TypeError(f"filter must be None or a callable (name, param) -> bool, got {type(filter).__name__}")
         super().__init__(std, schedule)
-        if isinstance(self.std, torch.Tensor):
-            from .ops._checks import check_nonnegative_values
-
-            check_nonnegative_values(self.std, "std")
         self.module = module
         self.generator = generator
         self.filter = filter
@@ -110,7 +106,7 @@ class WeightNoise(ScheduledNoise):
     def forward(self, *args, **kwargs):
         if not self.training:
             return self.module(*args, **kwargs)
-        std = self.current_std()
+        std = self.magnitude()
         if not isinstance(std, torch.Tensor) and std == 0.0:
             return self.module(*args, **kwargs)  # the same values and gradients, without the copies
         by_device: "OrderedDict[torch.device, List[Tuple[str, nn.Parameter]]]" = OrderedDict()

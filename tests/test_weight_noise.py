@@ -203,3 +203,22 @@ def test_compile_fullgraph():
     out.sum().backward()
     assert not torch.equal(out, net(x)) and net[0].weight.grad.shape == (7, 5)
     assert all(torch.equal(v, clean[k]) for k, v in net.state_dict().items())
+
+
+def test_scheduled_weight_noise_does_not_recompile():
+    from noisefast import schedules as S
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    noisy = WeightNoise(net, 0.1, schedule=S.linear(1.0, 0.0, 10))
+    compiled = torch.compile(noisy, fullgraph=True)
+    x = torch.randn(3, 4)
+    compiled(x)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            noisy.step()
+            torch.manual_seed(5)
+            out = compiled(x)
+            torch.manual_seed(5)
+            torch.testing.assert_close(out, noisy(x))
+    noisy.step(7)  # factor 0: the clean module's output
+    torch.testing.assert_close(noisy(x), net(x), rtol=0, atol=0)

@@ -6,4 +6,4 @@ fallback when a compiled kernel is missing. One module per concern:
 diffusion and consistency training), ``loss`` (the pseudo-Huber loss, the consistency
 parameterisation), ``ema`` (weight averaging).
 """
-from . import ema, loss, noise, perturbation, random  # noqa: F401
+from . import ema, list_noise, loss, noise, perturbation, random  # noqa: F401
