@@ -200,7 +200,13 @@ def test_mix_rows_gradient_is_scatter_by_index(dtype):
                  atol=1e-6 if dtype == torch.float32 else 2e-2)
 
 
-def test_mix_rows_opcheck():
+@pytest.mark.parametrize("backend", backend_params())
+def test_mix_rows_opcheck(backend):
+    with noisefast.use_backend(backend):
+        _opcheck_mix_rows()
+
+
+def _opcheck_mix_rows():
     lam = torch.tensor(0.4, dtype=torch.float64)
     torch.library.opcheck(mix_rows_op, (torch.randn(5, 3, 4), torch.randperm(5), lam))
     torch.library.opcheck(mix_rows_op, (torch.randn(5, 3, requires_grad=True), torch.tensor([1, 1, 0, 4, 2]), lam))
