@@ -1,4 +1,4 @@
-"""Figures of noisefast's schedules (matplotlib, optional: ``pip install noisefast[plot]``).
+"""Figures of noisefast's schedules and robustness curves (matplotlib, optional: ``pip install noisefast[plot]``).
 
 Every function returns a ``matplotlib.figure.Figure`` (made without pyplot, so nothing global
 changes and no display is needed) and also writes it as a PNG when given ``path``. Functions that
@@ -149,4 +149,63 @@ def overview(path=None, *, n: int = 161, total_steps: int = 400_000, batch_size:
     left, right = fig.subplots(1, 2)
     level_distributions(n, batch_size=batch_size, ax=left)
     curriculum(total_steps, ax=right)
+    return _save(fig, path, dpi)
+
+
+def _curve_group(label, value):
+    """A list of RobustnessCurve (one per seed) from a curve or a sequence of curves."""
+    from .robustness import RobustnessCurve
+
+    group = [value] if isinstance(value, RobustnessCurve) else list(value) if isinstance(value, Sequence) else None
+    if not group or not all(isinstance(c, RobustnessCurve) for c in group):
+        raise TypeError(f"curves[{label!r}] must be a RobustnessCurve or a non-empty sequence of them "
+                        f"(one per seed), got {type(value).__name__}")
+    if any(c.stds != group[0].stds for c in group):
+        raise ValueError(f"curves[{label!r}]: the curves of one label must share their stds")
+    return group
+
+
+def robustness_curve(curves, ax=None, path=None, *, dpi: int = 150, title: Optional[str] = None,
+                     band: bool = True):
+    """Robustness curves: the metric against the test-time input noise std, one line per label.
+
+    Args:
+        curves: a :class:`noisefast.robustness.RobustnessCurve`, or a mapping label -> curve, or
+            label -> sequence of curves (e.g. one per training seed): then the line is their mean
+            and, with ``band``, a shaded band shows mean +- one standard deviation across them.
+        ax: draw into this Axes instead of a new figure.
+        path: write a PNG there.
+        dpi: resolution of the PNG.
+        title: the title (default says what is plotted).
+
+    Returns:
+        The Figure.
+    """
+    from .robustness import RobustnessCurve
+
+    if isinstance(curves, RobustnessCurve):
+        curves = {curves.metric: curves}
+    if not isinstance(curves, Mapping) or not curves:
+        raise TypeError(f"curves must be a RobustnessCurve or a non-empty mapping label -> curve(s), "
+                        f"got {type(curves).__name__}")
+    groups = {label: _curve_group(label, value) for label, value in curves.items()}
+    metrics = {c.metric for group in groups.values() for c in group}
+    fig, ax = _new_axes(ax, (7.0, 4.5))
+    import numpy as np
+
+    for label, group in groups.items():
+        values = np.array([c.values for c in group], dtype=np.float64)
+        mean = values.mean(axis=0)
+        line, = ax.plot(group[0].stds, mean, marker="o", markersize=3.5, linewidth=1.6,
+                        label=label if len(group) == 1 else f"{label} ({len(group)} runs)")
+        if band and len(group) > 1:
+            spread = values.std(axis=0, ddof=1)
+            ax.fill_between(group[0].stds, mean - spread, mean + spread, color=line.get_color(), alpha=0.18,
+                            linewidth=0)
+    metric = metrics.pop() if len(metrics) == 1 else "metric"
+    ax.set_xlabel("test-time input noise std")
+    ax.set_ylabel(metric)
+    ax.set_title(title if title is not None else f"Robustness to Gaussian input noise ({metric})")
+    ax.grid(True, alpha=0.35)
+    ax.legend(fontsize="small", loc="best")
     return _save(fig, path, dpi)
