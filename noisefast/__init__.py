@@ -18,6 +18,8 @@ from .weight_noise import WeightNoise, weights_only
 from .posthoc_ema import PostHocEMA, posthoc_coefficients, power_function_weights
 from .random import randn
 from .regularizers import GaussianNoise, ScheduledNoise, set_noise_step
+from .robustness import RobustnessCurve, robustness_curve
+from .targets import MixupBatch, mixup, smooth_labels
 from .schedules import (
     ConstantCurriculum,
     CTCurriculum,
@@ -58,6 +60,11 @@ __all__ = [
     "weights_only",
     "ScheduledNoise",
     "set_noise_step",
+    "smooth_labels",
+    "mixup",
+    "MixupBatch",
+    "robustness_curve",
+    "RobustnessCurve",
     # perturbation
     "consistency_pair",
     "add_noise",
