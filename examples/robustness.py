@@ -10,8 +10,7 @@ steps from the same initialisation per seed; robustness is then measured with
 ``noisefast.robustness.robustness_curve`` (inputs x + std * z, z ~ N(0, 1)) at every test std.
 
 The recipes are the entries of REGULARISERS: each says how to build the network, how to compute a
-batch's loss and what to do after backward, so a new regulariser is one more entry (see the
-comment above the list for WeightNoise and GradientNoise).
+batch's loss and what to do after backward, so a new regulariser is one more entry.
 """
 from __future__ import annotations
 
@@ -100,10 +99,21 @@ class Regulariser:
     after_backward: Optional[Callable[[nn.Module, int], Callable[[int], None]]] = None
 
 
-# Add a regulariser with one entry, for example (once they exist in noisefast):
-#   Regulariser("weight noise 0.05", build=lambda net, T: noisefast.WeightNoise(net, 0.05)),
-#   Regulariser("gradient noise", after_backward=lambda model, T: gradient_noise_hook(
-#       noisefast.GradientNoise(model.parameters(), eta=0.01))),
+def weight_noise(std: float):
+    """build(): the classifier behind WeightNoise on its weight matrices (biases stay clean)."""
+    def build(net: nn.Module, total_steps: int) -> nn.Module:
+        return noisefast.WeightNoise(net, std, filter=noisefast.weights_only)
+    return build
+
+
+def gradient_noise(eta: float, gamma: float = 0.55):
+    """after_backward(): GradientNoise on every parameter (variance eta / (1 + t)^gamma)."""
+    def after_backward(model: nn.Module, total_steps: int) -> Callable[[int], None]:
+        noise = noisefast.GradientNoise(model.parameters(), eta=eta, gamma=gamma)
+        return lambda step: noise.step()
+    return after_backward
+
+
 REGULARISERS: List[Regulariser] = [
     Regulariser("baseline"),
     Regulariser("input noise 0.5", build=input_noise(0.5)),
@@ -111,6 +121,8 @@ REGULARISERS: List[Regulariser] = [
                 build=input_noise(1.0, lambda T: noisefast.schedules.cosine(1.0, 0.25, T))),
     Regulariser("label smoothing 0.1", loss=label_smoothing_loss(0.1)),
     Regulariser("mixup alpha 1.0", loss=mixup_loss(1.0)),
+    Regulariser("weight noise 0.05", build=weight_noise(0.05)),
+    Regulariser("gradient noise eta 0.01", after_backward=gradient_noise(0.01)),
 ]
 
 
