@@ -28,7 +28,7 @@ def test_quick_run_writes_figure_and_table(tmp_path, capsys):
     assert len(rows) == len(example.REGULARISERS)
     clean = [float(r.split("|")[2]) for r in rows]
     noisy = [float(r.split("|")[-2]) for r in rows]
-    assert all(c > 80 for c in clean), table  # even 3 epochs learn the digits
+    assert all(c > 70 for c in clean), table  # even 3 epochs learn the digits (chance: 10%)
     assert all(n < c for n, c in zip(noisy, clean)), table  # std 1 noise hurts every recipe
 
 
