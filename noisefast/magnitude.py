@@ -18,6 +18,8 @@ import math
 import numbers
 from typing import Callable, Iterable, List, Union
 
+from .ops._checks import check_int
+
 __all__ = ["MagnitudeSchedule", "constant", "linear", "polynomial", "cosine", "interval", "check_schedule"]
 
 Schedule = Callable[[int], float]
@@ -34,13 +36,7 @@ def _real(value, name: str, *, nonnegative: bool = False) -> float:
     return value
 
 
-def _int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+_int = check_int
 
 
 def check_step(step) -> int:

@@ -36,6 +36,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from .ops._checks import check_int
 from .magnitude import MagnitudeSchedule, constant, cosine, interval, linear, polynomial
 
 __all__ = [
@@ -57,13 +58,7 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # --------------------------------------------------------------------------------------------------
 # Argument checks: each error names the argument and what was expected.
 
-def _int_arg(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+_int_arg = check_int
 
 
 def _float_arg(value, name: str, *, positive: bool = False, nonnegative: bool = False,

@@ -50,3 +50,18 @@ def assert_low_precision_rule(kernel_out: torch.Tensor, eager_low: torch.Tensor,
     e_err = max_abs_error(eager_low, exact)
     assert k_err <= 2 * e_err + floor, (
         f"{what}: kernel error {k_err:.3g} exceeds twice eager's error {e_err:.3g} (+{floor:.3g})")
+
+
+def assert_schedule_steps_without_recompile(noise_module, eager, x, steps: int = 3) -> None:
+    """Step ``noise_module``'s schedule ``steps`` times; torch.compile(eager) must not recompile and
+    must match ``eager`` under the same seed. Call after one warm-up call of the compiled model."""
+    compiled = torch.compile(eager, fullgraph=True)
+    torch.manual_seed(5)
+    compiled(x)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(steps):
+            noise_module.step()
+            torch.manual_seed(5)
+            out = compiled(x)
+            torch.manual_seed(5)
+            torch.testing.assert_close(out, eager(x))

@@ -6,6 +6,8 @@ import noisefast
 from noisefast import schedules as S
 from noisefast.regularizers import ScheduledNoise, set_noise_step
 
+from helpers import assert_schedule_steps_without_recompile
+
 
 def _noise_of(layer, x, seed):
     torch.manual_seed(seed)
@@ -120,16 +122,7 @@ def test_tensor_std_is_checked_on_construction_and_load():
 def test_changing_magnitude_does_not_recompile():
     layer = noisefast.GaussianNoise(0.3, schedule=S.linear(1.0, 0.0, 10))
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), layer)
-    compiled = torch.compile(net, fullgraph=True)
-    x = torch.zeros(8, 4)
-    compiled(x)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(4):
-            layer.step()
-            torch.manual_seed(2)
-            out = compiled(x)
-            torch.manual_seed(2)
-            torch.testing.assert_close(out, net(x))
+    assert_schedule_steps_without_recompile(layer, net, torch.zeros(8, 4), steps=4)
 
 
 def test_compiles_without_graph_break():

@@ -11,6 +11,8 @@ from noisefast.reference.list_noise import stream_bases
 from noisefast.reference.random import normal_stream
 from noisefast.weight_noise import WeightNoise, weights_only
 
+from helpers import assert_schedule_steps_without_recompile
+
 
 def drawn_seed(seed):
     return torch.randint(0, 2 ** 63 - 1, (1,), generator=torch.Generator().manual_seed(seed)).item()
@@ -210,15 +212,7 @@ def test_scheduled_weight_noise_does_not_recompile():
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     noisy = WeightNoise(net, 0.1, schedule=S.linear(1.0, 0.0, 10))
-    compiled = torch.compile(noisy, fullgraph=True)
     x = torch.randn(3, 4)
-    compiled(x)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(3):
-            noisy.step()
-            torch.manual_seed(5)
-            out = compiled(x)
-            torch.manual_seed(5)
-            torch.testing.assert_close(out, noisy(x))
+    assert_schedule_steps_without_recompile(noisy, noisy, x, steps=3)
     noisy.step(7)  # factor 0: the clean module's output
     torch.testing.assert_close(noisy(x), net(x), rtol=0, atol=0)

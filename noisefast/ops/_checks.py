@@ -6,7 +6,7 @@ import numbers
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from .._dtypes import FLOAT_DTYPES  # noqa: F401  (re-exported: the ops import it from here)
 
 
 def check_float_tensor(t, name: str) -> None:
@@ -14,6 +14,16 @@ def check_float_tensor(t, name: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """A Python int (not a bool) >= minimum, or a TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def check_nonnegative_number(value, name: str) -> float:

@@ -20,6 +20,7 @@ from typing import Tuple, Union
 
 import torch
 
+from .._dtypes import math_dtype
 from .._library import Kernels
 from ..reference.loss import consistency_scalings as _scalings_formula
 from ._checks import check_float_tensor, check_nonnegative_values
@@ -41,12 +42,8 @@ BACKWARD = Kernels(
 )
 
 
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _kernel_sigma(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return sigma.to(_math_dtype(like.dtype)).contiguous()
+    return sigma.to(math_dtype(like.dtype)).contiguous()
 
 
 @torch.library.custom_op("noisefast::consistency_output", mutates_args=())
@@ -82,7 +79,7 @@ def _(grad, raw, x, sigma, sigma_data, sigma_min, want_raw, want_x, want_sigma):
     empty = raw.new_empty((0,))
     return (torch.empty_like(layout) if want_raw else empty,
             torch.empty_like(layout) if want_x else empty,
-            sigma.new_empty(sigma.shape, dtype=_math_dtype(raw.dtype)) if want_sigma else sigma.new_empty((0,)))
+            sigma.new_empty(sigma.shape, dtype=math_dtype(raw.dtype)) if want_sigma else sigma.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -119,7 +116,7 @@ def _sigma_tensor(sigma, raw: torch.Tensor) -> torch.Tensor:
     samples = raw.shape[0]
     if not isinstance(sigma, torch.Tensor):
         value = _check_positive(sigma, "sigma", allow_zero=True)
-        return torch.full((1,), value, dtype=_math_dtype(raw.dtype), device=raw.device)
+        return torch.full((1,), value, dtype=math_dtype(raw.dtype), device=raw.device)
     if not sigma.is_floating_point():
         raise TypeError(f"sigma must be a number or a float tensor, got {sigma.dtype}")
     if sigma.numel() == 1 and all(s == 1 for s in sigma.shape):

@@ -15,6 +15,7 @@ from typing import Union
 
 import torch
 
+from .._dtypes import math_dtype
 from .._library import Kernels
 from ._checks import check_float_tensor
 from .pseudo_huber import blocked_layout
@@ -26,10 +27,6 @@ KERNELS = Kernels(
     triton="noisefast.triton.mix_rows:mix_rows",
     gpu_preference=("triton",),
 )
-
-
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_index_values(index: torch.Tensor, rows: int) -> None:
@@ -65,7 +62,7 @@ def _backward(ctx, grad):
     index, lam = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None, None, None
-    acc = _math_dtype(grad.dtype)
+    acc = math_dtype(grad.dtype)
     lam64 = lam.reshape(()).to(device=grad.device, dtype=torch.float64)
     g = grad.to(acc)
     grad_x = g * lam64.to(acc)

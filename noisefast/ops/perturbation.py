@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
+from .._dtypes import math_dtype
 from .._library import Kernels
 from ..random import STREAM_NOISE, draw_seed
 from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values, values_checkable
@@ -58,7 +59,7 @@ def check_finite_values(t: torch.Tensor, name: str) -> None:
 
 
 def opmath_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    return math_dtype(x.dtype)
 
 
 def _sum_per_sample(values: torch.Tensor, count: int, numel: int, dtype: torch.dtype) -> torch.Tensor:

@@ -20,12 +20,9 @@ from typing import Tuple
 
 import torch
 
+from .._dtypes import math_dtype
 from ..random import STREAM_LEVELS, STREAM_NOISE, STREAM_OFFSET, STREAM_PERTURBATION
 from .random import normal_stream, uniform_stream
-
-
-def _opmath(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _seed(seed: torch.Tensor) -> int:
@@ -44,7 +41,7 @@ def consistency_pair(x: torch.Tensor, seed: torch.Tensor, sigma: torch.Tensor, s
     x_cur[i] = x[i] + sigma[i // inner] * z[i], x_next[i] = x[i] + sigma_next[i // inner] * z[i],
     one z (stream STREAM_NOISE, elements offset ..). Returns contiguous tensors shaped like x.
     """
-    acc = _opmath(x)
+    acc = math_dtype(x.dtype)
     n = x.numel()
     z = normal_stream(n, _seed(seed), STREAM_NOISE, offset, device=x.device).to(acc)
     xs = x.reshape(-1).to(acc)
@@ -65,7 +62,7 @@ def add_noise(x: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, sigma: t
                                                               absent when input_perturbation == 0)
     target = eps. z and xi use stream elements offset + i.
     """
-    acc = _opmath(x)
+    acc = math_dtype(x.dtype)
     n = x.numel()
     s = _seed(seed)
     eps = normal_stream(n, s, STREAM_NOISE, offset, device=x.device).to(acc)
@@ -113,7 +110,7 @@ def sampled_consistency_pair(x: torch.Tensor, seed: torch.Tensor, sigmas: torch.
     batch = x.shape[0]
     index, sigma, sigma_next, weight = sample_levels(_seed(seed), batch, sigmas, cdf)
     inner = x.numel() // batch if batch else 1
-    acc = _opmath(x)
+    acc = math_dtype(x.dtype)
     x_cur, x_next = consistency_pair(x, seed, sigma.to(acc), sigma_next.to(acc), inner, offset)
     return x_cur, x_next, sigma, sigma_next, weight, index
 

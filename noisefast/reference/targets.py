@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .._dtypes import math_dtype
 
 
 def mix_rows(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -22,7 +20,7 @@ def mix_rows(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.T
     (csrc/include/noisefast/mix_rows.h). The output takes x's strides (the kernels receive a
     contiguous or channels-last x and keep its layout).
     """
-    acc = _math_dtype(x.dtype)
+    acc = math_dtype(x.dtype)
     lam64 = lam.reshape(()).to(device=x.device, dtype=torch.float64)
     w_self, w_partner = lam64.to(acc), (1.0 - lam64).to(acc)
     xa = x.to(acc)
