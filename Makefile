@@ -56,7 +56,9 @@ bench: install
 # results under benchmarks/results/<device>/, logs and results also copied to $$OUT when it is set.
 # The device tool runs one command for at most 10 minutes, so the stages are separate targets,
 # each well under that on an H100 (`gpu-check` runs them all, for a machine without that limit):
-#   make gpu-build            compile the CPU and CUDA kernels (sm_90), check that both load
+#   make gpu-build            compile the CPU and CUDA kernels (sm_90), check that both load;
+#                             incremental (a no-op when built), so `make gpu-build gpu-test` is
+#                             safe on a machine that may have been handed back and started afresh
 #   make gpu-test             the `cuda` tests first (GPU kernels against the references), then the rest
 #   make gpu-bench-noise      benchmarks: randn, gaussian_noise, perturbation ops (torch.compile included)
 #   make gpu-bench-training   benchmarks: EMA, pseudo-Huber loss, the whole iCT noise pipeline
@@ -69,7 +71,7 @@ copy_to_out = if [ -n "$$OUT" ]; then cp $(1) "$$OUT/" 2>/dev/null || true; fi
 gpu-build:
 	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(GPU_PYTHON) setup.py build_ext --inplace > gpu-build.log 2>&1 \
 	  || { tail -n 60 gpu-build.log; $(call copy_to_out,gpu-build.log); echo "build failed: see gpu-build.log"; exit 1; }
-	$(call copy_to_out,gpu-build.log)
+	$(call copy_to_out,gpu-build.log noisefast/_C*.so)
 	$(GPU_RUN) -c "import sys, torch, triton, noisefast; b = noisefast.backends(); \
 	  print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, \
 	        torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU visible'); \
