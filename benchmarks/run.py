@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark on this machine's device and write the report.
 
-    python -m benchmarks.run [-k EXPR] [--out DIR]
+    python -m benchmarks.run [-k EXPR] [--out DIR] [--part noise|training]
 
 Writes benchmarks/results/<device>/: results.json (pytest-benchmark), report.md (a table per op:
 time of each provider, noisefast's speed-up over eager and torch.compile, achieved GB/s of the
@@ -8,6 +8,11 @@ bytes the op must move and % of the copy bandwidth measured in the same run), su
 README's table), throughput.png, and copy_bandwidth.json (with device, date, commit). With
 --readme the summary replaces the README's benchmark table. When $OUT is set the directory is
 copied there too (for GPU runs).
+
+--part runs one group of benchmark files into results-<part>.json; the report combines every
+results*.json of the directory (a later file's rows replace an earlier one's). A GPU command may
+run 10 minutes at most, and the whole sweep, torch.compile included, can take longer: run the
+parts one command each (`make gpu-bench-noise`, `make gpu-bench-training`).
 """
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ from .common import bench_device, device_name, synchronize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+PARTS = {
+    "noise": ["bench_noise.py", "bench_perturbation.py"],
+    "training": ["bench_ema.py", "bench_pseudo_huber.py", "bench_pipeline.py"],
+}
 
 
 def slug(name: str) -> str:
@@ -55,6 +64,21 @@ def git_commit() -> str:
                               text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def results_files(out_dir: str):
+    """The pytest-benchmark files of out_dir (results.json, results-<part>.json), oldest first."""
+    names = [n for n in os.listdir(out_dir) if re.fullmatch(r"results(-[a-z0-9_]+)?\.json", n)]
+    return sorted((os.path.join(out_dir, n) for n in names), key=os.path.getmtime)
+
+
+def load_all_rows(out_dir: str):
+    """Rows of every results file; a case measured again in a later file replaces the earlier row."""
+    rows = {}
+    for path in results_files(out_dir):
+        for r in load_rows(path):
+            rows[(r["op"], r["provider"], r["numel"], r["dtype"], r["variant"])] = r
+    return list(rows.values())
 
 
 def load_rows(results_json: str):
@@ -162,10 +186,10 @@ def update_readme(summary: str) -> None:
 
 
 def write_reports(out_dir: str, *, readme: bool) -> None:
-    """(Re)write report.md, summary.md and throughput.png from out_dir's results.json."""
+    """(Re)write report.md, summary.md and throughput.png from out_dir's results*.json."""
     with open(os.path.join(out_dir, "copy_bandwidth.json")) as f:
         meta = json.load(f)
-    rows = load_rows(os.path.join(out_dir, "results.json"))
+    rows = load_all_rows(out_dir)
     kwargs = dict(device=meta["device"], copy_bw=meta["bytes_per_s"], commit=meta.get("commit", "unknown"),
                   date=meta.get("date", "unknown"))
     with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -225,6 +249,8 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", action="store_true", help="also write the summary table into README.md")
     parser.add_argument("--report-only", metavar="DIR", default=None,
                         help="only re-render the reports (and with --readme the README table) from DIR's results")
+    parser.add_argument("--part", choices=sorted(PARTS), default=None,
+                        help="run only this group of benchmark files, into results-<part>.json")
     args = parser.parse_args(argv)
     if args.report_only:
         write_reports(args.report_only, readme=args.readme)
@@ -240,8 +266,9 @@ def main(argv=None) -> int:
                    "commit": git_commit(), "torch": torch.__version__}, f, indent=1)
     print(f"{name}: copy bandwidth {copy_bw / 1e9:.1f} GB/s", flush=True)
 
-    results_json = os.path.join(out_dir, "results.json")
-    cmd = [sys.executable, "-m", "pytest", HERE, "-q", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
+    results_json = os.path.join(out_dir, f"results-{args.part}.json" if args.part else "results.json")
+    targets = [os.path.join(HERE, f) for f in PARTS[args.part]] if args.part else [HERE]
+    cmd = [sys.executable, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
            "-o", "testpaths=benchmarks", f"--benchmark-json={results_json}", "--benchmark-disable-gc",
            "--benchmark-columns=median,ops"]
     if args.k:

@@ -228,8 +228,9 @@ def test_module_with_tensor_std_is_a_buffer():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("std_shape", [(), (5, 1, 1), (7,)])
 def test_cuda_matches_reference(backend, dtype, std_shape):
-    x = torch.randn(5, 3, 4099 // 3 * 3 // 3, dtype=torch.float64).to(dtype)
-    x = torch.randn(5, 3, 7 * 97, dtype=torch.float64)[..., :7 * 97].to(dtype)
+    # 10185 elements (not a multiple of 4: the tail); the last dimension is 7 so that a per-column
+    # std of shape (7,) broadcasts (with 7 * 97 there, broadcast_as_scale raised in the test itself).
+    x = torch.randn(5, 3 * 97, 7, dtype=torch.float64).to(dtype)
     std = torch.rand(std_shape, dtype=torch.float64) + 0.1 if std_shape else 0.4
     seed = torch.tensor([12345])
     scale, inner = (broadcast_as_scale(std, x.shape) if isinstance(std, torch.Tensor) else (None, 1))

@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+# The example needs scikit-learn (the data) and tqdm, optional on the GPU machine (gpu.md).
+pytest.importorskip("sklearn")
+pytest.importorskip("tqdm")
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 

@@ -5,17 +5,34 @@
 // and sin(theta) to within an ulp or two, as the CUDA libm and Triton's libdevice also do.
 #pragma once
 
-#include <bit>
 #include <cstdint>
+#include <cstring>
+#if __cplusplus >= 202002L
+#include <bit>
+#endif
 
 namespace noisefast {
 namespace cpu {
 
+// std::bit_cast where the standard has it. torch 2.11 (the GPU machine's) builds extensions as
+// C++17, where <bit> has no bit_cast; the memcpy form compiles to the same register move.
+template <typename To, typename From>
+inline To bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast between types of different sizes");
+#if __cplusplus >= 202002L
+  return std::bit_cast<To>(v);
+#else
+  To out;
+  std::memcpy(&out, &v, sizeof(To));
+  return out;
+#endif
+}
+
 // Natural log of u, for u a positive normal float (here: u in (0, 1)).
 inline float vlogf(float u) {
-  const uint32_t bits = std::bit_cast<uint32_t>(u);
+  const uint32_t bits = bit_cast<uint32_t>(u);
   int e = static_cast<int>(bits >> 23) - 126;                              // u = m * 2^e, m in [0.5, 1)
-  float m = std::bit_cast<float>((bits & 0x007FFFFFu) | 0x3F000000u);
+  float m = bit_cast<float>((bits & 0x007FFFFFu) | 0x3F000000u);
   const int small = m < 0.707106781186547524f;                            // keep m in [sqrt(1/2), sqrt(2))
   e -= small;
   const float x = m * static_cast<float>(1 + small) - 1.0f;              // exact (Sterbenz)
@@ -48,11 +65,11 @@ inline void vsincosf(float theta, float* c, float* s) {
   // q = 2, 3. Done with bit masks so that the loop has no branches.
   const uint32_t q = static_cast<uint32_t>(static_cast<int>(k)) & 3u;
   const uint32_t swap = 0u - (q & 1u);
-  const uint32_t cos_bits = std::bit_cast<uint32_t>(cos_a), sin_bits = std::bit_cast<uint32_t>(sin_a);
+  const uint32_t cos_bits = bit_cast<uint32_t>(cos_a), sin_bits = bit_cast<uint32_t>(sin_a);
   const uint32_t c_bits = (sin_bits & swap) | (cos_bits & ~swap);
   const uint32_t s_bits = (cos_bits & swap) | (sin_bits & ~swap);
-  *c = std::bit_cast<float>(c_bits ^ (((q + 1u) & 2u) << 30));
-  *s = std::bit_cast<float>(s_bits ^ ((q & 2u) << 30));
+  *c = bit_cast<float>(c_bits ^ (((q + 1u) & 2u) << 30));
+  *s = bit_cast<float>(s_bits ^ ((q & 2u) << 30));
 }
 
 }  // namespace cpu

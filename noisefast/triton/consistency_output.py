@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_tensor_device
 from .philox import sqrt_rn
 from .pseudo_huber import _tiling
 
@@ -133,6 +134,7 @@ def _constant_args(sigma: torch.Tensor, sigma_data: float, sigma_min: float):
     return sigma_data, sigma_min, sigma, False
 
 
+@on_tensor_device
 def consistency_output_forward(raw: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
                                sigma_min: float) -> torch.Tensor:
     out = torch.empty_like(raw)
@@ -148,6 +150,7 @@ def consistency_output_forward(raw: torch.Tensor, x: torch.Tensor, sigma: torch.
     return out
 
 
+@on_tensor_device
 def consistency_output_backward(grad, raw, x, sigma, sigma_data, sigma_min, want_raw, want_x, want_sigma):
     empty = raw.new_empty((0,))
     grad_raw = torch.empty_like(raw) if want_raw else empty

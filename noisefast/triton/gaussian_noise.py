@@ -3,6 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_tensor_device
 from .interpreter import finish_output, kernel_output
 from .philox import interleave4, normal4
 
@@ -27,6 +28,7 @@ def _gaussian_noise_kernel(x_ptr, out_ptr, seed_ptr, n, std, scale_ptr, period, 
     tl.store(out_ptr + i, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@on_tensor_device
 def gaussian_noise(x: torch.Tensor, seed: torch.Tensor, std: float, scale, inner: int) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)

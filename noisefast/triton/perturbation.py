@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..random import STREAM_LEVELS, STREAM_NOISE, STREAM_OFFSET, STREAM_PERTURBATION
+from .device import on_tensor_device
 from .levels import level_index, search_steps
 from .philox import interleave4, normal4
 
@@ -175,6 +176,7 @@ def _outputs(x: torch.Tensor):
             torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
+@on_tensor_device
 def consistency_pair(x, seed, sigma, sigma_next, inner: int, offset: int):
     x = x.contiguous()
     cur, nxt = _outputs(x)
@@ -189,6 +191,7 @@ def consistency_pair(x, seed, sigma, sigma_next, inner: int, offset: int):
     return cur, nxt
 
 
+@on_tensor_device
 def add_noise(x, seed, alpha, sigma, input_perturbation: float, offset_noise: float, sample_inner: int,
               channel_inner: int, offset: int):
     x = x.contiguous()
@@ -211,6 +214,7 @@ def add_noise(x, seed, alpha, sigma, input_perturbation: float, offset_noise: fl
     return noisy, target
 
 
+@on_tensor_device
 def sampled_consistency_pair(x, seed, sigmas, cdf, offset: int):
     x = x.contiguous()
     cur, nxt = _outputs(x)

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_tensor_device
 from .philox import sqrt_rn
 
 BLOCK = 1024           # elements per program per iteration (ROWS * COLS)
@@ -153,6 +154,7 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@on_tensor_device
 def pseudo_huber_forward(input: torch.Tensor, target: torch.Tensor, c: float, per_sample: bool) -> torch.Tensor:
     acc = _math_dtype(input.dtype)
     samples = input.shape[0]
@@ -175,6 +177,7 @@ def pseudo_huber_forward(input: torch.Tensor, target: torch.Tensor, c: float, pe
     return loss
 
 
+@on_tensor_device
 def pseudo_huber_backward(grad: torch.Tensor, input: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
                           c: float, per_sample: bool, want_input: bool, want_target: bool):
     acc = _math_dtype(input.dtype)

@@ -3,6 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_tensor_device
 from .interpreter import finish_output, kernel_output
 from .philox import interleave4, normal4, philox_block
 
@@ -22,6 +23,7 @@ def _randn_kernel(out_ptr, seed_ptr, n, stream, offset, BLOCKS: tl.constexpr):
     tl.store(out_ptr + i, z.to(out_ptr.dtype.element_ty), mask=(i >= 0) & (i < n))
 
 
+@on_tensor_device
 def randn_out(out: torch.Tensor, seed: torch.Tensor, stream: int, offset: int) -> None:
     n = out.numel()
     if n == 0:
@@ -43,6 +45,7 @@ def _philox_words_kernel(out_ptr, seed_ptr, rows, stream, first_block, BLOCKS: t
     tl.store(out_ptr + i, words, mask=i < 4 * rows)
 
 
+@on_tensor_device
 def philox_words_out(out: torch.Tensor, seed: torch.Tensor, stream: int, first_block: int) -> None:
     rows = out.shape[0]
     if rows == 0:
