@@ -171,6 +171,7 @@ def test_errors_name_arguments():
 
 
 def test_plot_robustness_curves(tmp_path):
+    pytest.importorskip("matplotlib")
     a = RobustnessCurve((0.0, 0.5, 1.0), (0.9, 0.8, 0.6), 100)
     b = [RobustnessCurve((0.0, 0.5, 1.0), v, 100) for v in [(0.95, 0.9, 0.8), (0.93, 0.88, 0.74)]]
     path = tmp_path / "robust.png"

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_tensor_device
+
 from .interpreter import INTERPRETING, finish_output
 
 TILE = 4096  # elements per program
@@ -44,6 +46,7 @@ def tile_shape(cols: int):
     return max(TILE // block_cols, 1), block_cols
 
 
+@on_tensor_device
 def mix_rows(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Launcher; x is sample-blocked (see noisefast/ops/mix_rows.py), the output takes its strides."""
     out = torch.empty_like(x)
