@@ -425,3 +425,29 @@ def test_cuda_past_2_pow_31_elements():
     del x
     tail = normal_stream(1000, SEED, STREAM_NOISE, n - 1000, device="cuda")
     assert_close(z[-1000:], tail.half(), rtol=2 ** -10, atol=1e-3, what="tail past 2^31")
+
+
+def test_number_arguments_are_not_read_back_from_the_device(monkeypatch):
+    """Numbers are validated on the host; only user tensors are read back (a sync on CUDA)."""
+    import noisefast.ops.perturbation as perturbation
+
+    calls = []
+
+    def recording(values, name):
+        calls.append(name)
+
+    monkeypatch.setattr(perturbation, "check_nonnegative_values", recording)
+    monkeypatch.setattr(perturbation, "check_finite_values", recording)
+    x = torch.randn(4, 3)
+    consistency_pair(x, 0.5, 1.0)
+    add_noise(x, 0.5, alpha=0.9, input_perturbation=0.1)
+    assert calls == []
+    consistency_pair(x, torch.full((4,), 0.5), 1.0)
+    add_noise(x, torch.full((4,), 0.5))
+    assert calls == ["sigma", "sigma_next", "alpha", "sigma"]
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf")])
+def test_non_finite_number_alpha_is_an_error(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        add_noise(torch.zeros(2, 3), 0.5, alpha=alpha)

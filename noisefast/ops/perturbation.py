@@ -14,6 +14,7 @@ kernels never store them, and backward regenerates them from the seed.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -73,20 +74,23 @@ def _sum_per_sample(values: torch.Tensor, count: int, numel: int, dtype: torch.d
 
 @torch.library.custom_op("noisefast::consistency_pair", mutates_args=())
 def consistency_pair_op(x: torch.Tensor, seed: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                        inner: int, offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    check_nonnegative_values(sigma, "sigma")
-    check_nonnegative_values(sigma_next, "sigma_next")
+                        inner: int, offset: int, checked: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    # checked: the caller built sigma and sigma_next from numbers it has validated, so reading them
+    # back (a device-to-host sync on CUDA) is skipped.
+    if not checked:
+        check_nonnegative_values(sigma, "sigma")
+        check_nonnegative_values(sigma_next, "sigma_next")
     return PAIR_KERNELS(x.device, x, seed, sigma, sigma_next, inner, offset)
 
 
 @consistency_pair_op.register_fake
-def _(x, seed, sigma, sigma_next, inner, offset):
+def _(x, seed, sigma, sigma_next, inner, offset, checked=False):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
 def _pair_setup_context(ctx, inputs, output):
-    x, seed, sigma, sigma_next, inner, offset = inputs
+    x, seed, sigma, sigma_next, inner, offset, _ = inputs
     ctx.numel, ctx.offset = x.numel(), offset
     ctx.save_for_backward(seed, sigma)
 
@@ -109,7 +113,7 @@ def _pair_backward(ctx, grad_cur, grad_next):
 
         grad_sigma = per_sample(grad_cur) if ctx.needs_input_grad[2] else None
         grad_sigma_next = per_sample(grad_next) if ctx.needs_input_grad[3] else None
-    return grad_x, None, grad_sigma, grad_sigma_next, None, None
+    return grad_x, None, grad_sigma, grad_sigma_next, None, None, None
 
 
 consistency_pair_op.register_autograd(_pair_backward, setup_context=_pair_setup_context)
@@ -120,21 +124,23 @@ consistency_pair_op.register_autograd(_pair_backward, setup_context=_pair_setup_
 @torch.library.custom_op("noisefast::add_noise", mutates_args=())
 def add_noise_op(x: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
                  input_perturbation: float, offset_noise: float, sample_inner: int, channel_inner: int,
-                 offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    check_finite_values(alpha, "alpha")
-    check_nonnegative_values(sigma, "sigma")
+                 offset: int, checked: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    if not checked:  # see consistency_pair_op
+        check_finite_values(alpha, "alpha")
+        check_nonnegative_values(sigma, "sigma")
     return ADD_NOISE_KERNELS(x.device, x, seed, alpha, sigma, input_perturbation, offset_noise,
                              sample_inner, channel_inner, offset)
 
 
 @add_noise_op.register_fake
-def _(x, seed, alpha, sigma, input_perturbation, offset_noise, sample_inner, channel_inner, offset):
+def _(x, seed, alpha, sigma, input_perturbation, offset_noise, sample_inner, channel_inner, offset,
+      checked=False):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
 def _add_noise_setup_context(ctx, inputs, output):
-    x, seed, alpha, sigma, input_perturbation, offset_noise, sample_inner, channel_inner, offset = inputs
+    x, seed, alpha, sigma, input_perturbation, offset_noise, sample_inner, channel_inner, offset, _ = inputs
     ctx.args = (input_perturbation, offset_noise, sample_inner, channel_inner, offset)
     ctx.x_shape, ctx.x_dtype, ctx.numel = x.shape, x.dtype, x.numel()
     ctx.save_for_backward(seed, alpha, sigma, x if ctx.needs_input_grad[2] else None)
@@ -146,7 +152,7 @@ def _add_noise_backward(ctx, grad_noisy, grad_target):
     count, acc = alpha.numel(), alpha.dtype
     grad_x = grad_alpha = grad_sigma = None
     if grad_noisy is None:
-        return None, None, None, None, None, None, None, None, None
+        return None, None, None, None, None, None, None, None, None, None
     g = grad_noisy.reshape(-1).to(acc)
     if ctx.needs_input_grad[0]:
         per_element = g if ctx.numel == 0 else (g.reshape(count, -1) * alpha.view(count, 1)).reshape(-1)
@@ -158,9 +164,9 @@ def _add_noise_backward(ctx, grad_noisy, grad_target):
         # (in the math dtype) returns exactly that noise, regenerated from the seed.
         zeros = torch.zeros(ctx.numel, dtype=acc, device=g.device)
         noise, _ = add_noise_op(zeros, seed, torch.zeros_like(alpha), torch.ones_like(sigma),
-                                input_perturbation, offset_noise, sample_inner, channel_inner, offset)
+                                input_perturbation, offset_noise, sample_inner, channel_inner, offset, True)
         grad_sigma = _sum_per_sample(g * noise, count, ctx.numel, acc)
-    return grad_x, None, grad_alpha, grad_sigma, None, None, None, None, None
+    return grad_x, None, grad_alpha, grad_sigma, None, None, None, None, None, None
 
 
 add_noise_op.register_autograd(_add_noise_backward, setup_context=_add_noise_setup_context)
@@ -236,7 +242,8 @@ def consistency_pair(x: torch.Tensor, sigma: Scalar, sigma_next: Scalar, *,
     check_float_tensor(x, "x")
     (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next},
                                                   nonnegative=("sigma", "sigma_next"))
-    return consistency_pair_op(x, draw_seed(x.device, generator), sig, sig_next, inner, 0)
+    checked = not any(isinstance(v, torch.Tensor) for v in (sigma, sigma_next))
+    return consistency_pair_op(x, draw_seed(x.device, generator), sig, sig_next, inner, 0, checked)
 
 
 def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_perturbation: float = 0.0,
@@ -274,5 +281,8 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
     channel_inner = 1
     if offset_scale != 0.0 and x.shape[0] * x.shape[1] > 0:
         channel_inner = max(x.numel() // (x.shape[0] * x.shape[1]), 1)
+    if not isinstance(alpha, torch.Tensor) and not math.isfinite(float(alpha)):
+        raise ValueError(f"alpha must be finite, got {float(alpha)}")
+    checked = not any(isinstance(v, torch.Tensor) for v in (alpha, sigma))
     return add_noise_op(x, draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale,
-                        sample_inner, channel_inner, 0)
+                        sample_inner, channel_inner, 0, checked)
