@@ -1,4 +1,4 @@
-"""noisefast in a small training loop: every op once, then a table of what ran where.
+"""noisefast in a small consistency-training loop: each op once, then a table of what ran where.
 
     python examples/quickstart.py [--steps 300] [--device cpu|cuda]
 
