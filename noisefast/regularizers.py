@@ -44,13 +44,19 @@ class ScheduledNoise(nn.Module):
             self.register_buffer("std", std.detach().clone())
         else:
             self.std = check_nonnegative_number(std, "std")
-        self.schedule = check_schedule(schedule)
+        self._schedule = check_schedule(schedule)
         # The factor lives in a tensor that the kernels read, so that a changing magnitude neither
         # recompiles a torch.compile'd model (Python numbers are specialised) nor breaks CUDA-graph
         # replay; it is recomputed on the host, and checked, whenever num_steps changes.
         self.register_buffer("_factor", None if schedule is None else torch.ones((), dtype=torch.float64),
                              persistent=False)
         self.num_steps = 0
+
+    @property
+    def schedule(self):
+        """The magnitude schedule (None: constant ``std``); fixed at construction, since the kernels
+        read the factor from a buffer that exists only for a scheduled module."""
+        return self._schedule
 
     @property
     def num_steps(self) -> int:
@@ -91,14 +97,31 @@ class ScheduledNoise(nn.Module):
         """Advance the schedule by ``steps`` (>= 0)."""
         self.num_steps = self.num_steps + check_step(steps)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _apply(self, fn, recurse=True):
+        # .half()/.bfloat16() cast buffers: the factor would be rounded (or underflow to 0), so it is
+        # rebuilt in float64 on its new device from the schedule itself.
+        module = super()._apply(fn, recurse)
+        if self._factor is not None and self._factor.dtype != torch.float64:
+            self._factor = torch.full((), self.factor(), dtype=torch.float64, device=self._factor.device)
+        return module
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Everything is checked before anything is loaded, so that a failed load changes nothing here.
         std = state_dict.get(prefix + "std")
         if isinstance(std, torch.Tensor):
             _check_std_tensor(std)
-        extra = state_dict.get(prefix + "_extra_state")
-        if extra is not None:
-            self._check_extra_state(extra)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            if isinstance(self.std, torch.Tensor) and std.shape != self.std.shape:
+                raise ValueError(f"std in the state_dict has shape {tuple(std.shape)}, this module's has "
+                                 f"shape {tuple(self.std.shape)}")
+        extra_key = prefix + "_extra_state"
+        if extra_key in state_dict:
+            self._check_extra_state(state_dict[extra_key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if extra_key not in state_dict and extra_key in missing_keys:
+            # A checkpoint from before the step count was saved: keep the current step.
+            missing_keys.remove(extra_key)
 
     def get_extra_state(self) -> Dict[str, Any]:
         return {"num_steps": self.num_steps}

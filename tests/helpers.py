@@ -11,6 +11,16 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 ALL_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def one_rounding_tolerance(dtype: torch.dtype) -> dict:
+    """rtol/atol for two results of the same float32 (float64) computation on values of order 1,
+    rounded once to ``dtype``: they may differ by one unit in the last place of the result (rtol:
+    2^-mantissa bits; an FMA on one side can move a value across a rounding boundary) plus the math
+    type's own rounding where terms cancel (atol), and no more."""
+    rtol = {torch.float64: 2.0 ** -52, torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10,
+            torch.bfloat16: 2.0 ** -7}[dtype]
+    return dict(rtol=rtol, atol=1e-15 if dtype == torch.float64 else 1e-6)
+
+
 def backend_params():
     """pytest params for each backend that runs CPU tensors here (Triton through the interpreter)."""
     return [

@@ -11,7 +11,8 @@ from noisefast.ops.list_noise import add_noise_, add_noise_op, noisy_copies, noi
 from noisefast.reference.list_noise import stream_bases
 from noisefast.reference.random import normal_stream
 
-from helpers import ALL_FLOAT_DTYPES, LOW_PRECISION, assert_close, assert_low_precision_rule, run_on
+from helpers import (ALL_FLOAT_DTYPES, LOW_PRECISION, assert_close, assert_low_precision_rule,
+                     one_rounding_tolerance, run_on)
 
 BACKENDS = ["reference", "cpu"]
 # Sizes around the CPU kernel's chunk (256 normals) and task (16384) boundaries, and the CUDA
@@ -231,7 +232,13 @@ def test_bad_inputs_raise_naming_the_argument_before_writing(backend):
     check(ValueError, "std", [good], torch.tensor([0.1]))
     check(ValueError, "std", [good], torch.tensor(-0.1))
     check(ValueError, "std", [good], torch.tensor(float("nan")))
+    # a tensor and a strided view of it share elements (get_overlap_status cannot tell: "too hard")
+    w = torch.zeros(4, 3)
+    check(ValueError, r"tensors\[0\] and tensors\[1\]", [w, w[:, 0]])
+    check(ValueError, r"tensors\[0\] and tensors\[1\]", [w[:, ::2], w[1:, 2]])
     # interleaved strided views share no element: allowed
+    run_on(backend, add_noise_, [w[:, 0], w[:, 1], w[:, 2:]], 1.0)
+    assert (w != 0).all()
     m = torch.zeros(4, 2)
     run_on(backend, add_noise_, [m[:, 0], m[:, 1]], 1.0)
     assert (m != 0).all()
@@ -303,7 +310,7 @@ def test_cuda_matches_reference(dtype):
         add_noise_op(ts, seed.cuda(), stds, None)
     with noisefast.use_backend("reference"):
         add_noise_op(ref, seed, stds, None)
-    tol = dict(rtol=1e-6, atol=1e-6) if dtype in (torch.float32, torch.float64) else dict(rtol=1e-2, atol=1e-2)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype in (torch.float32, torch.float64) else one_rounding_tolerance(dtype)
     for k, (a, b) in enumerate(zip(ts, ref)):
         assert_close(a.cpu(), b, **tol, what=f"tensor {k} ({a.numel()} elements, {dtype})")
 

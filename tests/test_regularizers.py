@@ -134,3 +134,36 @@ def test_compiles_without_graph_break():
     out = compiled(x)
     torch.manual_seed(1)
     torch.testing.assert_close(out, layer(x))
+
+
+def test_checkpoint_without_step_count_still_loads():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), noisefast.GaussianNoise(0.1))
+    net[1].step(4)
+    old = {k: v for k, v in net.state_dict().items() if not k.endswith("_extra_state")}
+    net.load_state_dict(old)  # strict
+    assert net[1].num_steps == 4
+
+
+def test_std_shape_mismatch_fails_before_anything_changes():
+    layer = noisefast.GaussianNoise(torch.tensor([0.1, 0.2]), schedule=S.linear(1.0, 0.0, 10))
+    with pytest.raises(ValueError, match="std"):
+        layer.load_state_dict({"std": torch.tensor([0.1, 0.2, 0.3]), "_extra_state": {"num_steps": 5}})
+    assert layer.num_steps == 0 and torch.equal(layer.std, torch.tensor([0.1, 0.2]))
+
+
+def test_dtype_casts_keep_the_factor_exact():
+    layer = noisefast.GaussianNoise(0.5, schedule=S.constant(0.7)).half()
+    assert layer._factor.dtype == torch.float64 and layer._factor.item() == 0.7
+    layer.step()
+    assert layer._factor.item() == 0.7
+    x = torch.zeros(1000)
+    torch.manual_seed(3)
+    out = layer.float()(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(out, noisefast.gaussian_noise(x, 0.35), rtol=1e-6, atol=0)
+
+
+def test_schedule_is_fixed_at_construction():
+    layer = noisefast.GaussianNoise(0.5)
+    with pytest.raises(AttributeError):
+        layer.schedule = S.constant(1.0)

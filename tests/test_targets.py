@@ -12,7 +12,8 @@ from noisefast.ops.mix_rows import mix_rows, mix_rows_op
 from noisefast.reference import targets as ref
 from noisefast.targets import MixupBatch, mixup, smooth_labels
 
-from helpers import LOW_PRECISION, assert_close, assert_low_precision_rule, backend_params, run_on
+from helpers import (LOW_PRECISION, assert_close, assert_low_precision_rule, backend_params,
+                     one_rounding_tolerance, run_on)
 
 # ------------------------------------------------------------------------------------------------
 # smooth_labels
@@ -405,7 +406,7 @@ def test_mixup_every_dtype_and_backend(backend, dtype):
         batch = mixup(x, torch.arange(9), 1.0, generator=torch.Generator().manual_seed(4))
     assert batch.x.dtype == dtype
     expected = ref.mix_rows(x, batch.index, batch.lam)
-    assert_close(batch.x, expected, rtol=0, atol=1e-15 if dtype == torch.float64 else 1e-2, what=str(dtype))
+    assert_close(batch.x, expected, **one_rounding_tolerance(dtype), what=str(dtype))
 
 
 def test_mixup_empty_and_single():

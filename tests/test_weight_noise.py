@@ -216,3 +216,18 @@ def test_scheduled_weight_noise_does_not_recompile():
     assert_schedule_steps_without_recompile(noisy, noisy, x, steps=3)
     noisy.step(7)  # factor 0: the clean module's output
     torch.testing.assert_close(noisy(x), net(x), rtol=0, atol=0)
+
+
+def test_unused_parameters_keep_no_gradient():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    net = TwoHeads()
+    WeightNoise(net, 0.1)(torch.randn(4, 3)).sum().backward()
+    assert net.used.weight.grad is not None
+    assert net.unused.weight.grad is None and net.unused.bias.grad is None

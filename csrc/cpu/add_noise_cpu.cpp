@@ -56,9 +56,26 @@ bool same_view(const at::Tensor& a, const at::Tensor& b) {
          a.scalar_type() == b.scalar_type();
 }
 
+// Byte address of every element of t (int64, on t's device).
+at::Tensor element_addresses(const at::Tensor& t) {
+  const auto options = at::TensorOptions().dtype(at::kLong).device(t.device());
+  at::Tensor addresses = at::full({}, static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.data_ptr())), options);
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    addresses = addresses.unsqueeze(-1) + at::arange(t.size(d), options) * (t.stride(d) * t.element_size());
+  }
+  return addresses.reshape(-1);
+}
+
+// Whether two views whose footprints overlap have an element in common, element by element (the
+// rare case get_overlap_status cannot decide, e.g. w and w[:, 0]). Mixed element sizes count as shared.
+bool elements_intersect(const at::Tensor& a, const at::Tensor& b) {
+  if (a.element_size() != b.element_size()) return true;
+  return at::isin(element_addresses(a), element_addresses(b)).any().item<bool>();
+}
+
 // In-place noise on two tensors that share elements would add noise to those elements twice.
-// Detected exactly for dense tensors (at::get_overlap_status) and for repeated views; two
-// non-dense views whose memory interleaves are taken to be disjoint (as w[:, 0] and w[:, 1] are).
+// Exact: at::get_overlap_status for dense tensors, element addresses otherwise (two views whose
+// memory interleaves without common elements, as w[:, 0] and w[:, 1], are disjoint).
 void check_no_aliasing(at::TensorList tensors) {
   std::vector<std::pair<std::pair<uintptr_t, uintptr_t>, int64_t>> spans;
   for (int64_t i = 0; i < static_cast<int64_t>(tensors.size()); ++i) {
@@ -70,7 +87,8 @@ void check_no_aliasing(at::TensorList tensors) {
       const int64_t i = std::min(spans[a].second, spans[b].second), j = std::max(spans[a].second, spans[b].second);
       const at::MemOverlapStatus status = at::get_overlap_status(tensors[i], tensors[j]);
       const bool shared = status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial ||
-                          (status == at::MemOverlapStatus::TooHard && same_view(tensors[i], tensors[j]));
+                          (status == at::MemOverlapStatus::TooHard &&
+                           (same_view(tensors[i], tensors[j]) || elements_intersect(tensors[i], tensors[j])));
       TORCH_CHECK_VALUE(!shared, "tensors[", i, "] and tensors[", j,
                         "] share memory: their common elements would receive noise twice");
     }

@@ -21,6 +21,10 @@
 namespace noisefast {
 namespace cpu {
 
+// The type CPU kernels compute in: float for float/float16/bfloat16 data, double for double.
+template <typename T> struct MathType { using type = float; };
+template <> struct MathType<double> { using type = double; };
+
 #if NF_CPU_X86_MULTIVERSION
 // float16 <-> float32 eight at a time with F16C (round to nearest even, as c10::Half does). Without
 // CPU_CAPABILITY_AVX2 defined, c10::Half converts with scalar bit manipulation that the compiler

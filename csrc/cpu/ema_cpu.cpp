@@ -180,9 +180,6 @@ constexpr int64_t kEmaBlock = 1024;
 // Fewest elements per parallel task: below this a thread's start-up costs more than it saves.
 constexpr int64_t kEmaGrain = 1 << 15;
 
-template <typename T> struct MathType { using type = float; };
-template <> struct MathType<double> { using type = double; };
-
 // One span of one weight: shadow[p][offset + j] <- blend(shadow, x[offset + j], w[p]) for j < n
 // and every profile p. Blocks of kEmaBlock elements: the weight is converted to the math type
 // once per block, and a float16/bfloat16 shadow is widened, blended and narrowed in L1, so that

@@ -28,13 +28,10 @@ constexpr int64_t kMixGrain = int64_t{1} << 15;
 // every loop is a plain one the compiler vectorises (see convert_cpu.h).
 constexpr int64_t kMixBlock = 1024;
 
-template <typename T> struct MathType { using type = float; };
-template <> struct MathType<double> { using type = double; };
-
 // o[k] = blend(a[k], p[k]) for k < n. Inlined into a generic and an AVX2+FMA+F16C copy.
 template <typename T, bool kF16C>
 __attribute__((always_inline)) inline void mix_span(const T* a, const T* p, T* o, int64_t n, double lam) {
-  using acc_t = typename MathType<T>::type;
+  using acc_t = typename cpu::MathType<T>::type;
   const MixWeights<acc_t> w = mix_weights<acc_t>(lam);
   if constexpr (std::is_same<T, acc_t>::value) {
     for (int64_t k = 0; k < n; ++k) o[k] = mix_blend<acc_t>(a[k], p[k], w);

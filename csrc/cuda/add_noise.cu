@@ -1,5 +1,5 @@
 // add_noise_ / noisy_copies on CUDA: dst = src + std_i * z over a list of tensors through
-// multi_tensor_apply (one launch for up to ~88 tensors of any dtypes). Each thread turns one Philox
+// multi_tensor_apply (one launch for up to 89 tensors of any dtypes). Each thread turns one Philox
 // block into four normals (philox.h) and applies them to four consecutive elements (noise.h).
 //
 // Per-tensor values beyond pointers (the stream base and the std) travel in two extra pointer

@@ -65,6 +65,9 @@ def _(tensors, seed, stds, std_tensor):
 
 def _copies_setup_context(ctx, inputs, output):
     ctx.num_stds = len(inputs[2])  # the gradient is the identity: nothing is saved, in particular no noise
+    # A copy that received no gradient passes None on (not zeros): optimizers and DDP's
+    # find_unused_parameters must still see an unused parameter as unused.
+    ctx.set_materialize_grads(False)
 
 
 def _copies_backward(ctx, grads):
@@ -117,6 +120,9 @@ def std_arguments(std: Std, count: int, device: torch.device) -> Tuple[List[floa
 def add_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]], std: Std, *,
                generator: Optional[torch.Generator] = None):
     """In place, for every tensor k of the list: ``tensors[k] += std_k * z_k``, z ~ N(0, 1), one fused pass.
+
+    (Not the in-place form of :func:`noisefast.add_noise`, the diffusion forward process: this is
+    plain noise injection, t + std * z, over a list.)
 
     The list form of :func:`noisefast.gaussian_noise` (Gaussian noise injection; Bishop 1995), for
     noise added to many tensors at once: gradients (:class:`GradientNoise`, Neelakantan et al.

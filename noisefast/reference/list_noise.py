@@ -34,24 +34,21 @@ def _footprint(t: torch.Tensor):
 
 
 def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether a and b share elements: exact for dense tensors and for repeated views (the kernels'
-    rule, csrc/cpu/add_noise_cpu.cpp); interleaved non-dense views count as disjoint."""
+    """Whether a and b share an element (the kernels' rule, csrc/cpu/add_noise_cpu.cpp): footprints
+    that overlap, then element byte addresses compared (mixed element sizes count as shared)."""
     (a0, a1), (b0, b1) = _footprint(a), _footprint(b)
     if a1 <= b0 or b1 <= a0:
         return False
-    if (a.data_ptr(), a.shape, a.stride(), a.dtype) == (b.data_ptr(), b.shape, b.stride(), b.dtype):
+    if a.element_size() != b.element_size():
         return True
-    return _dense(a) and _dense(b)
+    return bool(torch.isin(_element_addresses(a), _element_addresses(b)).any())
 
 
-def _dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense: the elements fill their footprint exactly (any dim order)."""
-    expected = 1
-    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+def _element_addresses(t: torch.Tensor) -> torch.Tensor:
+    addresses = torch.tensor(t.data_ptr(), dtype=torch.int64, device=t.device)
+    for size, stride in zip(t.shape, t.stride()):
+        addresses = addresses.unsqueeze(-1) + torch.arange(size, device=t.device) * (stride * t.element_size())
+    return addresses.reshape(-1)
 
 
 def _internal_overlap(t: torch.Tensor) -> bool:

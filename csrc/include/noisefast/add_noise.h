@@ -25,7 +25,6 @@ struct AddNoiseOperands {
   const double* stds = nullptr;     // one per tensor; null when std_device is set
   const void* std_device = nullptr; // a 0-d float32/float64 std in the tensors' device memory
   bool std_device_is_double = false;
-  uint64_t seed = 0;                    // CPU kernel
   const int64_t* seed_device = nullptr; // CUDA kernel: the seed in device memory
 };
 
