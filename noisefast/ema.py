@@ -278,11 +278,16 @@ class EMA:
         return [ema_decay(step, self.decay, warmup=self.warmup, update_after_step=self.update_after_step,
                           inv_gamma=self.inv_gamma, power=self.power, min_decay=self.min_decay)]
 
+    @torch.compiler.disable
     @torch.no_grad()
     def update(self, step: Optional[int] = None) -> None:
         """Average the current weights into every profile (one fused call per device) and copy
         the copied tensors. ``step``: the optimisation step just taken (default: the previous
-        update's step + 1), which sets the decays."""
+        update's step + 1), which sets the decays.
+
+        Inside a torch.compile'd training step this runs eagerly (a graph break), because the step
+        count and the decays change at every call and would otherwise recompile the graph each
+        step; the update itself is one fused kernel call either way."""
         step = self.step + 1 if step is None else _check_nonnegative_int(step, "step")
         decays = self.decays_at(step)
         for shadows, sources in self._update_groups:

@@ -102,9 +102,13 @@ class GradientNoise:
         t = self.t if step is None else check_step(step)
         return math.sqrt(self.eta / (1.0 + t) ** self.gamma)
 
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self) -> float:
-        """Add N(0, sigma_t^2) to every ``p.grad`` that is not None, then t += 1. Returns sigma_t."""
+        """Add N(0, sigma_t^2) to every ``p.grad`` that is not None, then t += 1. Returns sigma_t.
+
+        Eager inside a torch.compile'd step (a graph break): t and sigma_t change at every call and
+        would otherwise recompile the graph each step."""
         sigma = self.std()
         by_device: "OrderedDict[torch.device, List[torch.Tensor]]" = OrderedDict()
         for p in self.params:

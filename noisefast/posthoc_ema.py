@@ -104,8 +104,10 @@ class PostHocEMA:
     def snapshot_times(self) -> List[int]:
         return [r["t"] for r in self._records]
 
+    @torch.compiler.disable
     def update(self, step: Optional[int] = None) -> None:
-        """:meth:`EMA.update`, then a snapshot when t crosses a multiple of snapshot_every."""
+        """:meth:`EMA.update`, then a snapshot when t crosses a multiple of snapshot_every (eager
+        inside a torch.compile'd step, like EMA.update)."""
         before = self.ema.power_time()
         self.ema.update(step)
         t = self.ema.power_time()

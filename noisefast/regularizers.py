@@ -93,8 +93,10 @@ class ScheduledNoise(nn.Module):
             scale = factor.reshape(1) if scale is None else scale * factor
         return std_value, scale, inner
 
+    @torch.compiler.disable
     def step(self, steps: int = 1) -> None:
-        """Advance the schedule by ``steps`` (>= 0)."""
+        """Advance the schedule by ``steps`` (>= 0). Eager inside a torch.compile'd step (the step
+        count is host state; the forward reads only the factor tensor, so it never recompiles)."""
         self.num_steps = self.num_steps + check_step(steps)
 
     def _apply(self, fn, recurse=True):
@@ -145,6 +147,7 @@ class ScheduledNoise(nn.Module):
         return text
 
 
+@torch.compiler.disable
 def set_noise_step(module: nn.Module, step: int) -> int:
     """Set ``num_steps = step`` on every :class:`ScheduledNoise` in ``module`` (itself included).
 
