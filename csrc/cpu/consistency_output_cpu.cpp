@@ -46,6 +46,21 @@ Scalings<acc_t> scalings_grad(acc_t sigma, acc_t sd, acc_t sigma_min) {
           sd * (sd * sd + sigma_min * sigma) / (norm2 * std::sqrt(norm2))};
 }
 
+// body(task, k, offset, n) for every task of split, in parallel: k are the scalings of the task's
+// sample, [offset, offset + n) its elements.
+template <typename acc_t, typename Body>
+void for_each_task(const SampleChunks& split, int64_t elements, const acc_t* sig, bool shared, acc_t sd,
+                   acc_t sigma_min, const Body& body) {
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / elements);
+  at::parallel_for(0, split.tasks(), grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = split.sample_of(task);
+      body(task, scalings(sig[shared ? 0 : s], sd, sigma_min), s * elements + split.begin_of(task),
+           split.end_of(task) - split.begin_of(task));
+    }
+  });
+}
+
 void check_args(const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma) {
   TORCH_CHECK(raw.dim() >= 1, "noisefast: consistency_output: raw needs a batch dimension");
   TORCH_CHECK(raw.sizes() == x.sizes() && raw.scalar_type() == x.scalar_type(),
@@ -74,19 +89,12 @@ at::Tensor consistency_output_cpu(const at::Tensor& raw, const at::Tensor& x, co
     const acc_t* sig = sigma.const_data_ptr<acc_t>();
     const bool shared = sigma.size(0) == 1;
     const acc_t sd = static_cast<acc_t>(sigma_data), m = static_cast<acc_t>(sigma_min);
-    const int64_t grain = std::max<int64_t>(1, kTaskElements / elements);
-    at::parallel_for(0, split.tasks(), grain, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = split.sample_of(task);
-        const Scalings<acc_t> k = scalings(sig[shared ? 0 : s], sd, m);
-        const int64_t offset = s * elements + split.begin_of(task);
-        const scalar_t* __restrict__ rr = r + offset;
-        const scalar_t* __restrict__ xx = xs + offset;
-        scalar_t* __restrict__ oo = o + offset;
-        const int64_t n = split.end_of(task) - split.begin_of(task);
-        for (int64_t i = 0; i < n; ++i) {
-          oo[i] = static_cast<scalar_t>(k.skip * static_cast<acc_t>(xx[i]) + k.out * static_cast<acc_t>(rr[i]));
-        }
+    for_each_task(split, elements, sig, shared, sd, m, [&](int64_t, Scalings<acc_t> k, int64_t offset, int64_t n) {
+      const scalar_t* __restrict__ rr = r + offset;
+      const scalar_t* __restrict__ xx = xs + offset;
+      scalar_t* __restrict__ oo = o + offset;
+      for (int64_t i = 0; i < n; ++i) {
+        oo[i] = static_cast<scalar_t>(k.skip * static_cast<acc_t>(xx[i]) + k.out * static_cast<acc_t>(rr[i]));
       }
     });
   });
@@ -159,30 +167,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> consistency_output_backward_cpu(
     const acc_t* sig = sigma.const_data_ptr<acc_t>();
     const bool shared = sigma.size(0) == 1;
     const acc_t sd = static_cast<acc_t>(sigma_data), m = static_cast<acc_t>(sigma_min);
-    const int64_t grain = std::max<int64_t>(1, kTaskElements / elements);
-    at::parallel_for(0, split.tasks(), grain, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = split.sample_of(task);
-        const Scalings<acc_t> k = scalings(sig[shared ? 0 : s], sd, m);
-        const int64_t offset = s * elements + split.begin_of(task);
-        const int64_t n = split.end_of(task) - split.begin_of(task);
-        double* task_sums = want_sigma ? sums.data() + 2 * task : nullptr;
-        const scalar_t* gg = g + offset;
-        const scalar_t* rr = r + offset;
-        const scalar_t* xx = xs + offset;
-        scalar_t* gro = want_raw ? gr + offset : nullptr;
-        scalar_t* gxo = want_x ? gx + offset : nullptr;
-        // The eight combinations of wanted gradients, each compiled without branches inside.
-        const int which = (want_raw ? 4 : 0) | (want_x ? 2 : 0) | (want_sigma ? 1 : 0);
-        switch (which) {
-          case 1: backward_run<false, false, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
-          case 2: backward_run<false, true, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
-          case 3: backward_run<false, true, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
-          case 4: backward_run<true, false, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
-          case 5: backward_run<true, false, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
-          case 6: backward_run<true, true, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
-          default: backward_run<true, true, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
-        }
+    for_each_task(split, elements, sig, shared, sd, m, [&](int64_t task, Scalings<acc_t> k, int64_t offset, int64_t n) {
+      double* task_sums = want_sigma ? sums.data() + 2 * task : nullptr;
+      const scalar_t* gg = g + offset;
+      const scalar_t* rr = r + offset;
+      const scalar_t* xx = xs + offset;
+      scalar_t* gro = want_raw ? gr + offset : nullptr;
+      scalar_t* gxo = want_x ? gx + offset : nullptr;
+      // The eight combinations of wanted gradients, each compiled without branches inside.
+      const int which = (want_raw ? 4 : 0) | (want_x ? 2 : 0) | (want_sigma ? 1 : 0);
+      switch (which) {
+        case 1: backward_run<false, false, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+        case 2: backward_run<false, true, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+        case 3: backward_run<false, true, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+        case 4: backward_run<true, false, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+        case 5: backward_run<true, false, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+        case 6: backward_run<true, true, false>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
+        default: backward_run<true, true, true>(gg, rr, xx, gro, gxo, n, k, task_sums); break;
       }
     });
     if (want_sigma) {
