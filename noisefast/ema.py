@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._compile import eager_under_compile
 from .ops.ema_update import check_decay_number, run_ema_update
 
 Warmup = Union[None, str, Callable[[int], float]]
@@ -278,7 +279,7 @@ class EMA:
         return [ema_decay(step, self.decay, warmup=self.warmup, update_after_step=self.update_after_step,
                           inv_gamma=self.inv_gamma, power=self.power, min_decay=self.min_decay)]
 
-    @torch.compiler.disable
+    @eager_under_compile
     @torch.no_grad()
     def update(self, step: Optional[int] = None) -> None:
         """Average the current weights into every profile (one fused call per device) and copy

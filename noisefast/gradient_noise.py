@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 
+from ._compile import eager_under_compile
 from .magnitude import _int, _real, check_step
 from .ops.list_noise import add_noise_
 
@@ -102,7 +103,7 @@ class GradientNoise:
         t = self.t if step is None else check_step(step)
         return math.sqrt(self.eta / (1.0 + t) ** self.gamma)
 
-    @torch.compiler.disable
+    @eager_under_compile
     @torch.no_grad()
     def step(self) -> float:
         """Add N(0, sigma_t^2) to every ``p.grad`` that is not None, then t += 1. Returns sigma_t.

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from ._compile import eager_under_compile
 from .ema import EMA, _check_nonnegative_int, sigma_rel_to_gamma
 
 
@@ -104,7 +105,7 @@ class PostHocEMA:
     def snapshot_times(self) -> List[int]:
         return [r["t"] for r in self._records]
 
-    @torch.compiler.disable
+    @eager_under_compile
     def update(self, step: Optional[int] = None) -> None:
         """:meth:`EMA.update`, then a snapshot when t crosses a multiple of snapshot_every (eager
         inside a torch.compile'd step, like EMA.update)."""

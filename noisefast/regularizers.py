@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
+from ._compile import eager_under_compile
 from .magnitude import check_schedule, check_step
 from .ops._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
 from .ops.gaussian_noise import gaussian_noise, gaussian_noise_op, noise_scale
@@ -93,7 +94,7 @@ class ScheduledNoise(nn.Module):
             scale = factor.reshape(1) if scale is None else scale * factor
         return std_value, scale, inner
 
-    @torch.compiler.disable
+    @eager_under_compile
     def step(self, steps: int = 1) -> None:
         """Advance the schedule by ``steps`` (>= 0). Eager inside a torch.compile'd step (the step
         count is host state; the forward reads only the factor tensor, so it never recompiles)."""
@@ -147,7 +148,7 @@ class ScheduledNoise(nn.Module):
         return text
 
 
-@torch.compiler.disable
+@eager_under_compile
 def set_noise_step(module: nn.Module, step: int) -> int:
     """Set ``num_steps = step`` on every :class:`ScheduledNoise` in ``module`` (itself included).
 

@@ -34,3 +34,12 @@ def test_training_step_with_every_stateful_helper_compiles_once():
         losses = [float(train_step(step)) for step in range(2, 9)]
     assert ema.step == 9 and grad_noise.t == 9 and layer.num_steps == 8
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_import_does_not_load_dynamo():
+    """torch._dynamo costs ~1.5 s to import; noisefast defers it to the first compiled call."""
+    import subprocess
+    import sys
+
+    code = "import sys, torch, noisefast; sys.exit('torch._dynamo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
