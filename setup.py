@@ -60,8 +60,12 @@ def _extensions():
     # vectorise (IEEE results are unchanged; only errno and FP-exception flags are given up).
     cxx_flags = level + ["-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     link_flags = ["-fopenmp"]
-    include_dirs = [os.path.join(HERE, "csrc", "include")]
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    # csrc/include: the headers shared by CPU and CUDA code ("noisefast/philox.h"); csrc: what an op's
+    # torch-facing file includes from the device folders ("cpu/randn_cpu.h", "cuda/randn_launcher.h").
+    include_dirs = [os.path.join(HERE, "csrc", "include"), os.path.join(HERE, "csrc")]
+    # One translation unit per op (csrc/ops/<op>.cpp: checks, CPU kernels, registrations), compiled
+    # with NOISEFAST_WITH_CUDA=1 in a CUDA build; the CUDA kernels are separate .cu units.
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp"))
 
     why_not_cuda = _cuda_toolchain_reason(torch)
     if why_not_cuda is None:
@@ -69,7 +73,7 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
         print(f"noisefast: building CPU and CUDA kernels (arch {os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto')})",
               file=sys.stderr)
-        sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension(
             "noisefast._C",
             sources,

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from noisefast.ops.ema_update import ema_update_multi_
-from noisefast.reference.ema import ema_update_foreach, ema_update_loop
+from noisefast.reference.ema_update import ema_update_foreach, ema_update_loop
 
 from .common import bench_device, compiled, element_size, measure
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from noisefast.ops.mix_rows import mix_rows
-from noisefast.reference.targets import mixup_inputs
+from noisefast.reference.mix_rows import mixup_inputs
 
 from .common import bench_device, compiled, element_size, measure, sizes
 

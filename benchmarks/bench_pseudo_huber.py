@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from noisefast.ops.pseudo_huber import pseudo_huber_loss
-from noisefast.reference import loss as ref
+from noisefast.reference import pseudo_huber as ref
 
 from .common import PROVIDERS, bench_device, compiled, element_size, measure, sizes
 

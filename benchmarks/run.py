@@ -33,8 +33,9 @@ from .common import bench_device, device_name, synchronize
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PARTS = {
-    "noise": ["bench_noise.py", "bench_perturbation.py", "bench_add_noise.py", "bench_mixup.py"],
-    "training": ["bench_ema.py", "bench_pseudo_huber.py", "bench_pipeline.py"],
+    "noise": ["bench_randn.py", "bench_gaussian_noise.py", "bench_perturbation.py", "bench_foreach_gaussian_noise.py",
+              "bench_mix_rows.py"],
+    "training": ["bench_ema_update.py", "bench_pseudo_huber.py", "bench_consistency_output.py", "bench_pipeline.py"],
 }
 
 

@@ -8,15 +8,14 @@ from .consistency import ConsistencyBatch, ConsistencyNoise
 from .ema import EMA, ema_decay, gamma_to_sigma_rel, power_function_decay, sigma_rel_to_gamma
 from .ops.consistency_output import consistency_output, consistency_scalings
 from .ops.ema_update import ema_update_, ema_update_multi_
-from .ops.perturbation import add_noise, consistency_pair
+from .ops.perturbation import SampledPair, add_noise, consistency_pair, sampled_consistency_pair
 from .ops.pseudo_huber import pseudo_huber_loss
-from .ops.sampled_pair import SampledPair, sampled_consistency_pair
 from .ops.gaussian_noise import gaussian_noise
-from .ops.list_noise import add_noise_
+from .ops.randn import randn
+from .ops.foreach_gaussian_noise import add_noise_, foreach_gaussian_noise, foreach_gaussian_noise_
 from .gradient_noise import GradientNoise
 from .weight_noise import WeightNoise, weights_only
 from .posthoc_ema import PostHocEMA, posthoc_coefficients, power_function_weights
-from .random import randn
 from .regularizers import GaussianNoise, ScheduledNoise, set_noise_step
 from .robustness import RobustnessCurve, robustness_curve
 from .targets import MixupBatch, mixup, smooth_labels
@@ -54,7 +53,9 @@ __all__ = [
     # noise injection
     "gaussian_noise",
     "GaussianNoise",
-    "add_noise_",
+    "foreach_gaussian_noise_",
+    "foreach_gaussian_noise",
+    "add_noise_",  # deprecated name of foreach_gaussian_noise_
     "GradientNoise",
     "WeightNoise",
     "weights_only",

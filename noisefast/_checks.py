@@ -1,4 +1,10 @@
-"""Argument checks shared by the ops: each error names the user's argument and what was expected."""
+"""Argument checks shared by every layer: each error names the user's argument and what was expected.
+
+Numbers (checked on the host, once per call): :func:`check_int`, :func:`check_real`,
+:func:`check_nonnegative_number`. Tensors: :func:`check_float_tensor` (type and dtype) and the value
+checks :func:`check_nonnegative_values`, :func:`check_finite_values`, which read the tensor on the
+host and so run inside an op's implementation, where values exist even under torch.compile.
+"""
 from __future__ import annotations
 
 import math
@@ -6,7 +12,7 @@ import numbers
 
 import torch
 
-from .._dtypes import FLOAT_DTYPES  # noqa: F401  (re-exported: the ops import it from here)
+from ._dtypes import FLOAT_DTYPES
 
 
 def check_float_tensor(t, name: str) -> None:
@@ -26,8 +32,25 @@ def check_int(value, name: str, minimum: int) -> int:
     return value
 
 
+def check_real(value, name: str, *, positive: bool = False, nonnegative: bool = False,
+               allow_inf: bool = False) -> float:
+    """A Python real number (not a bool) as float: finite (or +-inf with ``allow_inf``; never NaN),
+    and > 0 with ``positive``, >= 0 with ``nonnegative``; else a TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if nonnegative and not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
 def check_nonnegative_number(value, name: str) -> float:
-    """A Python real number that is finite and >= 0, returned as float."""
+    """A Python real number that is finite and >= 0, returned as float: an op argument that may
+    also be given as a tensor (whose values the op checks itself)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number or a tensor, got {type(value).__name__}")
     value = float(value)
@@ -41,6 +64,10 @@ def values_checkable(t: torch.Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
+def _first_bad(t: torch.Tensor, bad: torch.Tensor) -> float:
+    return t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]].item()
+
+
 def check_nonnegative_values(t: torch.Tensor, name: str) -> None:
     """Raise ValueError if ``t`` holds a negative or non-finite value (reads t on the host).
 
@@ -51,5 +78,17 @@ def check_nonnegative_values(t: torch.Tensor, name: str) -> None:
         return
     bad = ~torch.isfinite(t) | (t < 0)
     if bool(bad.any()):
-        first = t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]].item()
-        raise ValueError(f"{name} must be finite and >= 0 everywhere, found {first}")
+        raise ValueError(f"{name} must be finite and >= 0 everywhere, found {_first_bad(t, bad)}")
+
+
+def check_finite_values(t: torch.Tensor, name: str) -> None:
+    """ValueError if ``t`` holds NaN or an infinity (any sign is fine: alpha may be negative).
+
+    Like :func:`check_nonnegative_values`, called inside the ops' implementations and skipped
+    during CUDA-graph capture.
+    """
+    if t.numel() == 0 or not values_checkable(t):
+        return
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be finite everywhere, found {_first_bad(t, bad)}")

@@ -1,18 +1,24 @@
-"""Loading of the compiled kernels and the choice of backend for each call.
+"""Loading of the compiled kernels, the choice of backend for each call, and the compiled ops' schemas.
 
-Every fused op of noisefast is a ``torch.library.custom_op`` in the ``noisefast`` namespace (schema,
-fake kernel and autograd live in ``noisefast/ops/<op>.py``). Its implementation calls
-:func:`dispatch`, which picks one backend for the tensor's device:
+Every fused op of noisefast is a ``torch.library.custom_op`` in the ``noisefast`` namespace, defined
+with its fake kernel and autograd in ``noisefast/ops/<op>.py``. Its implementation calls the op's
+:class:`Kernels`, which picks one backend for the tensors' device:
 
 - ``"cpu"``: the C++ kernel of ``noisefast._C`` (``torch.ops.noisefast_C.<op>``) on CPU tensors;
 - ``"cuda"``: the CUDA C++ kernel of ``noisefast._C`` on CUDA tensors;
 - ``"triton"``: the Triton kernel (CUDA tensors; CPU tensors too under ``TRITON_INTERPRET=1``);
 - ``"reference"``: ``noisefast.reference``, the eager PyTorch specification, on any device.
 
-Default choice: CPU tensors take "cpu"; CUDA tensors take the op's preferred GPU kernel. If a
-kernel is missing (extension not built, Triton not installed) the op falls back to the reference
-and warns once, saying what is missing and how to build it. ``use_backend`` forces a backend and
-raises a clear error when it cannot serve the tensor's device.
+Default choice: CPU tensors take "cpu"; CUDA tensors take the op's CUDA C++ kernel when it has one,
+else its Triton kernel. If a kernel is missing (extension not built, Triton not installed) the op
+falls back to the reference and warns once, saying what is missing and how to build it.
+``use_backend`` forces a backend and raises a clear error when it cannot serve the tensors' device.
+
+Schemas are written once, in Python: the op's signature in ``noisefast/ops/<op>.py`` (torch infers
+the ``noisefast::<op>`` schema from its annotations), and :class:`Kernels` defines the compiled op
+``noisefast_C::<op>`` from that same schema (see :func:`kernel_schema`). The C++ files only register
+implementations (``TORCH_LIBRARY_IMPL(noisefast_C, CPU|CUDA, m)``), as torchao does; a C++ kernel
+whose signature does not match fails when its op is defined, at import.
 """
 from __future__ import annotations
 
@@ -22,9 +28,10 @@ import importlib
 import importlib.util
 import os
 import warnings
-from typing import Callable, Dict, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -140,7 +147,7 @@ def _unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def choose_backend(op: str, device: torch.device, gpu_preference: Sequence[str]) -> str:
+def choose_backend(op: str, device: torch.device, gpu_preference: tuple) -> str:
     """The backend that runs ``op`` on ``device``: the forced one, else the best available."""
     forced = forced_backend()
     if forced is not None:
@@ -163,36 +170,94 @@ def choose_backend(op: str, device: torch.device, gpu_preference: Sequence[str])
     return "reference"
 
 
-class Kernels:
-    """The implementations of one op, by backend, looked up lazily.
+# The namespace of the compiled kernels. Its schemas are defined here, from the ops' own; the C++
+# files register implementations only.
+_COMPILED_LIBRARY = torch.library.Library("noisefast_C", "DEF")
 
-    ``cpu`` and ``cuda`` name an op of ``torch.ops.noisefast_C`` (the same C++ op serves both
-    devices); ``triton`` and ``reference`` are "module:function" strings imported at first use, so
-    that importing noisefast never imports Triton (``TRITON_INTERPRET`` must be set before that).
+
+def kernel_schema(op) -> str:
+    """The schema of ``noisefast_C::<op>``: the schema of the custom op ``op`` without its arguments
+    that have defaults, and with ``int`` for ``SymInt``.
+
+    An op's defaulted trailing arguments are its own policy, never a kernel's: ``checked=True``
+    tells an op that its caller has validated the values it would otherwise read on the host. Every
+    backend (compiled, Triton, reference) takes exactly the remaining arguments. Example:
+    ``noisefast::gaussian_noise(Tensor x, Tensor seed, float std, Tensor? scale, SymInt inner,
+    bool scale_checked=False) -> Tensor`` gives ``gaussian_noise(Tensor x, Tensor seed, float std,
+    Tensor? scale, int inner) -> Tensor``.
+    """
+    head, _, returns = str(op._opoverload._schema).partition(") -> ")
+    arguments = head.partition("(")[2]
+    kept = [a.replace("SymInt", "int") for a in arguments.split(", ") if a and "=" not in a]
+    return f"{op._name}({', '.join(kept)}) -> {returns}"
+
+
+def increment_versions(tensors: List[torch.Tensor]) -> None:
+    """Bump the autograd version counters of tensors written in place outside the dispatcher."""
+    try:
+        torch.autograd.graph.increment_version(tensors)
+    except TypeError:  # torch < 2.5 takes one tensor at a time
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)
+
+
+class Kernels:
+    """The backends of one custom op, and the compiled op ``noisefast_C::<op>`` they include.
+
+    ``op`` is the custom op (``torch.library.custom_op``) whose implementation calls this object;
+    every backend implements the op's kernel schema (:func:`kernel_schema`) under the op's name:
+
+    - compiled: ``torch.ops.noisefast_C.<name>``, defined here; its C++ CPU kernel always exists,
+      its CUDA kernel when ``cuda`` is True;
+    - ``reference``: the module (``"noisefast.reference.<family>"``) whose function ``<name>`` is
+      the kernel-level reference;
+    - ``triton``: the module (``"noisefast.triton.<family>"``) whose function ``<name>`` launches the
+      Triton kernel, or None.
+
+    The Python modules are imported at first use, so that importing noisefast never imports Triton
+    (``TRITON_INTERPRET`` must be set before that). ``public`` is the user-facing name that warnings
+    and errors mention. On a GPU the CUDA C++ kernel is preferred to the Triton one.
     """
 
-    def __init__(self, op: str, *, reference: str, compiled: Optional[str] = None,
-                 triton: Optional[str] = None, gpu_preference: Sequence[str] = ("cuda", "triton")):
+    def __init__(self, op, *, public: str, reference: str, triton: Optional[str] = None, cuda: bool = False):
         self.op = op
-        self._paths = {"reference": reference, "triton": triton}
-        self._compiled = compiled
-        self.gpu_preference = tuple(b for b in gpu_preference
-                                    if (b == "triton" and triton) or (b == "cuda" and compiled))
+        self.name = op._name
+        self.public = public
+        self.modules = {"reference": reference, "triton": triton}  # Python backends: module paths
+        self.gpu_preference = (("cuda",) if cuda else ()) + (("triton",) if triton else ())
         self._resolved: Dict[str, Callable] = {}
+        _COMPILED_LIBRARY.define(kernel_schema(op))
 
-    def _resolve(self, backend: str) -> Callable:
+    def implementation(self, backend: str) -> Callable:
+        """The function that runs this op on ``backend`` (imported on first use)."""
         fn = self._resolved.get(backend)
         if fn is None:
             if backend in ("cpu", "cuda"):
-                fn = getattr(torch.ops.noisefast_C, self._compiled)
+                fn = getattr(torch.ops.noisefast_C, self.name)
             else:
-                module, _, name = self._paths[backend].partition(":")
-                fn = getattr(importlib.import_module(module), name)
+                fn = getattr(importlib.import_module(self.modules[backend]), self.name)
             self._resolved[backend] = fn
         return fn
 
     def backend_for(self, device: torch.device) -> str:
-        return choose_backend(self.op, device, self.gpu_preference)
+        return choose_backend(self.public, device, self.gpu_preference)
 
-    def __call__(self, device: torch.device, *args, **kwargs):
-        return self._resolve(self.backend_for(device))(*args, **kwargs)
+    def __call__(self, device: torch.device, *args):
+        return self.implementation(self.backend_for(device))(*args)
+
+    def run_in_place(self, device: torch.device, written: List[torch.Tensor], *args) -> None:
+        """Run the op on ``args``, which writes the tensors ``written`` in place.
+
+        Traced (torch.compile), under a dispatch mode (fake tensors, export) or on other devices,
+        this is the custom op. In eager mode on CPU/CUDA tensors it calls the backend directly and
+        bumps the written tensors' version counters itself: the custom op's Python layers
+        (autograd, ADInplaceOrView, backend) convert and walk a list argument three times, ~2 us
+        per tensor, which for a 300-tensor model is ~0.7 ms per call, more than the CUDA EMA
+        kernel takes for 100M parameters (torch._foreach_lerp_ pays ~0.1 ms).
+        """
+        if (torch.compiler.is_compiling() or device.type not in ("cpu", "cuda")
+                or _get_current_dispatch_mode() is not None):
+            self.op(*args)
+            return
+        self(device, *args)
+        increment_versions(written)

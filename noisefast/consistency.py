@@ -6,7 +6,7 @@ and the two noisy inputs with one shared z.
     loss = (batch.weight * d(model(batch.x_next, batch.sigma_next),
                              model(batch.x_cur, batch.sigma).detach())).mean()
 
-iCT (Song & Dhariwal 2023): Karras levels (formulas.md section 1) for N(k) from the curriculum,
+iCT (Song & Dhariwal 2023): Karras levels (docs/formulas.md, "Karras noise levels") for N(k) from the curriculum,
 interval i drawn from a level distribution, student input x + sigma_{i+1} z, target input
 x + sigma_i z, weight lambda = 1 / (sigma_{i+1} - sigma_i). For an i.i.d. level distribution
 (``levels.iid``: log-normal, uniform, i.i.d. polynomial) the levels are drawn by inverse CDF inside
@@ -20,9 +20,9 @@ from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from .ops._checks import check_float_tensor
+from ._checks import check_float_tensor
 from .ops.perturbation import consistency_pair
-from .ops.sampled_pair import check_level_table, sampled_consistency_pair_op
+from .ops.perturbation import check_level_table, sampled_consistency_pair_op
 from .random import draw_seed
 from .schedules import KarrasLevels, LogNormalLevels, make_curriculum
 

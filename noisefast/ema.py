@@ -3,10 +3,11 @@
 ``EMA(model)`` keeps shadow copies of a model's weights and averages them after each optimiser
 step: ``shadow = decay * shadow + (1 - decay) * weight`` (computed as
 ``shadow.lerp_(weight, 1 - decay)``; see :func:`noisefast.ema_update_`). Every tracked tensor and
-every profile is updated in one call of ``noisefast::ema_update_multi`` (one CUDA launch for up to
-~100 tensors, one parallel pass on the CPU), each weight read once however many profiles.
+every profile is updated in one call of ``noisefast::ema_update_multi_`` (one multi-tensor CUDA
+launch per as many tensors as its kernel arguments describe, one parallel pass on the CPU), each
+weight read once however many profiles.
 
-Decay schedules (formulas.md section 7):
+Decay schedules (docs/formulas.md, "EMA"):
 
 - constant ``decay`` (``warmup=None``);
 - diffusers' EMAModel (github.com/huggingface/diffusers, training_utils.py): with
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_int, check_real
 from ._compile import eager_under_compile
 from .ops.ema_update import check_decay_number, run_ema_update
 
@@ -115,22 +117,6 @@ def ema_decay(step: int, decay: float = 0.9999, *, warmup: Warmup = None, update
     return max(min(value, decay), min_decay)
 
 
-def _check_nonnegative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
-
-
-def _check_positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return float(value)
-
-
 # --------------------------------------------------------------------------------------------
 # The EMA
 
@@ -182,9 +168,9 @@ class EMA:
         if warmup is not None and warmup not in WARMUPS and not callable(warmup):
             raise ValueError(f"warmup must be None, one of {WARMUPS} or a callable, got {warmup!r}")
         self.warmup = warmup
-        self.update_after_step = _check_nonnegative_int(update_after_step, "update_after_step")
-        self.inv_gamma = _check_positive(inv_gamma, "inv_gamma")
-        self.power = _check_positive(power, "power")
+        self.update_after_step = check_int(update_after_step, "update_after_step", 0)
+        self.inv_gamma = check_real(inv_gamma, "inv_gamma", positive=True)
+        self.power = check_real(power, "power", positive=True)
         self.min_decay = check_decay_number(min_decay, "min_decay")
         if self.min_decay > self.decay:
             raise ValueError(f"min_decay ({self.min_decay}) must not exceed decay ({self.decay})")
@@ -289,7 +275,7 @@ class EMA:
         Inside a torch.compile'd training step this runs eagerly (a graph break), because the step
         count and the decays change at every call and would otherwise recompile the graph each
         step; the update itself is one fused kernel call either way."""
-        step = self.step + 1 if step is None else _check_nonnegative_int(step, "step")
+        step = self.step + 1 if step is None else check_int(step, "step", 0)
         decays = self.decays_at(step)
         for shadows, sources in self._update_groups:
             if sources[0].device != shadows[0].device:  # device= keeps the shadows elsewhere
@@ -407,8 +393,8 @@ class EMA:
                 raise ValueError(f"state_dict is missing {key!r}")
         if state["version"] != STATE_VERSION:
             raise ValueError(f"state_dict has version {state['version']!r}, expected {STATE_VERSION}")
-        _check_nonnegative_int(state["step"], "state_dict['step']")
-        _check_nonnegative_int(state["num_updates"], "state_dict['num_updates']")
+        check_int(state["step"], "state_dict['step']", 0)
+        check_int(state["num_updates"], "state_dict['num_updates']", 0)
         theirs = state["sigma_rels"]
         same_profiles = (theirs is None and self.sigma_rels is None) or (
             theirs is not None and self.sigma_rels is not None and len(theirs) == len(self.sigma_rels)

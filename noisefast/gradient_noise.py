@@ -9,8 +9,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 import torch
 
 from ._compile import eager_under_compile
-from .magnitude import _int, _real, check_step
-from .ops.list_noise import add_noise_
+from ._checks import check_int, check_real
+from .magnitude import check_step
+from .ops.foreach_gaussian_noise import foreach_gaussian_noise_
 
 __all__ = ["GradientNoise"]
 
@@ -50,7 +51,7 @@ def _collect_params(params) -> List[torch.Tensor]:
 
 class GradientNoise:
     """Adds annealed Gaussian noise to gradients: ``g <- g + N(0, sigma_t^2)``, in one fused launch
-    per device (:func:`noisefast.add_noise_`).
+    per device (:func:`noisefast.foreach_gaussian_noise_`).
 
     Neelakantan et al. 2015 (arXiv:1511.06807), eq. (1): the VARIANCE anneals,
 
@@ -91,8 +92,8 @@ class GradientNoise:
     def __init__(self, params: Iterable[Union[torch.Tensor, Dict[str, Any]]], eta: float = 0.3,
                  gamma: float = 0.55, *, generator: Optional[torch.Generator] = None):
         self.params = _collect_params(params)
-        self.eta = _real(eta, "eta", nonnegative=True)
-        self.gamma = _real(gamma, "gamma", nonnegative=True)
+        self.eta = check_real(eta, "eta", nonnegative=True)
+        self.gamma = check_real(gamma, "gamma", nonnegative=True)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
@@ -117,7 +118,7 @@ class GradientNoise:
                 by_device.setdefault(p.grad.device, []).append(p.grad)
         if sigma > 0:
             for grads in by_device.values():
-                add_noise_(grads, sigma, generator=self.generator)
+                foreach_gaussian_noise_(grads, sigma, generator=self.generator)
         self.t += 1
         return sigma
 
@@ -132,9 +133,9 @@ class GradientNoise:
         if keys != {"t", "eta", "gamma"}:
             raise ValueError(f"state_dict must have exactly the keys 't', 'eta', 'gamma'; missing "
                              f"{sorted({'t', 'eta', 'gamma'} - keys)}, unexpected {sorted(keys - {'t', 'eta', 'gamma'})}")
-        t = _int(state_dict["t"], "state_dict['t']", 0)
-        eta = _real(state_dict["eta"], "state_dict['eta']", nonnegative=True)
-        gamma = _real(state_dict["gamma"], "state_dict['gamma']", nonnegative=True)
+        t = check_int(state_dict["t"], "state_dict['t']", 0)
+        eta = check_real(state_dict["eta"], "state_dict['eta']", nonnegative=True)
+        gamma = check_real(state_dict["gamma"], "state_dict['gamma']", nonnegative=True)
         self.t, self.eta, self.gamma = t, eta, gamma
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """Schedules of noise magnitude: callables ``step -> value`` for the noise-injection regularisers.
 
 Noise injected for robustness is often scheduled: rising or falling over training, or applied only at
-intervals (shared/formulas.md, "Schedules of noise magnitude"). Each schedule here is a small
+intervals (docs/formulas.md, "Schedules of noise magnitude"). Each schedule here is a small
 immutable callable ``schedule(step) -> float`` with ``step`` an int >= 0; they are exposed as
 ``noisefast.schedules.constant / linear / polynomial / cosine / interval``.
 
@@ -18,30 +18,16 @@ import math
 import numbers
 from typing import Callable, Iterable, List, Union
 
-from .ops._checks import check_int
+from ._checks import check_int, check_real
 
 __all__ = ["MagnitudeSchedule", "constant", "linear", "polynomial", "cosine", "interval", "check_schedule"]
 
 Schedule = Callable[[int], float]
 
 
-def _real(value, name: str, *, nonnegative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if nonnegative and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-_int = check_int
-
-
 def check_step(step) -> int:
     """``step`` as an int >= 0, or a TypeError/ValueError naming ``step``."""
-    return _int(step, "step", 0)
+    return check_int(step, "step", 0)
 
 
 def check_schedule(schedule, name: str = "schedule"):
@@ -70,7 +56,7 @@ class constant(MagnitudeSchedule):
     """``value`` at every step."""
 
     def __init__(self, value: float = 1.0):
-        self.value = _real(value, "value", nonnegative=True)
+        self.value = check_real(value, "value", nonnegative=True)
 
     def _value(self, step: int) -> float:
         return self.value
@@ -83,9 +69,9 @@ class _Ramp(MagnitudeSchedule):
     """From ``start`` at step 0 to ``end`` at ``total_steps``, then ``end``; subclasses give the shape."""
 
     def __init__(self, start: float, end: float, total_steps: int):
-        self.start = _real(start, "start", nonnegative=True)
-        self.end = _real(end, "end", nonnegative=True)
-        self.total_steps = _int(total_steps, "total_steps", 1)
+        self.start = check_real(start, "start", nonnegative=True)
+        self.end = check_real(end, "end", nonnegative=True)
+        self.total_steps = check_int(total_steps, "total_steps", 1)
 
     def _value(self, step: int) -> float:
         progress = min(step, self.total_steps) / self.total_steps
@@ -116,7 +102,7 @@ class polynomial(_Ramp):
 
     def __init__(self, start: float, end: float, total_steps: int, power: float = 2.0):
         super().__init__(start, end, total_steps)
-        self.power = _real(power, "power")
+        self.power = check_real(power, "power")
         if self.power <= 0:
             raise ValueError(f"power must be > 0, got {self.power}")
 
@@ -155,13 +141,13 @@ class interval(MagnitudeSchedule):
         if callable(value):
             self.value = value
         else:
-            self.value = _real(value, "value", nonnegative=True)
-        self.every = _int(every, "every", 1)
-        self.duration = _int(duration, "duration", 1)
+            self.value = check_real(value, "value", nonnegative=True)
+        self.every = check_int(every, "every", 1)
+        self.duration = check_int(duration, "duration", 1)
         if self.duration > self.every:
             raise ValueError(f"duration must be <= every ({self.every}), got {self.duration}")
-        self.start = _int(start, "start", 0)
-        self.off = _real(off, "off", nonnegative=True)
+        self.start = check_int(start, "start", 0)
+        self.off = check_real(off, "off", nonnegative=True)
 
     def active(self, step: int) -> bool:
         """Whether noise is on at ``step``."""

@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional, Sequence, Union
 
+import numpy as np
+
 from . import schedules as S
+from ._checks import check_int
+from .robustness import RobustnessCurve
 
 _INSTALL_HINT = "noisefast.plot needs matplotlib: pip install noisefast[plot]"
 
@@ -116,8 +120,8 @@ def curriculum(total_steps: int = 400_000, curricula: Optional[Union[Mapping[str
     Returns:
         The Figure.
     """
-    total_steps = S._int_arg(total_steps, "total_steps", 1)
-    num_points = S._int_arg(num_points, "num_points", 2)
+    total_steps = check_int(total_steps, "total_steps", 1)
+    num_points = check_int(num_points, "num_points", 2)
     if curricula is None:
         curricula = default_curricula(total_steps)
     elif not isinstance(curricula, Mapping):
@@ -154,8 +158,6 @@ def overview(path=None, *, n: int = 161, total_steps: int = 400_000, batch_size:
 
 def _curve_group(label, value):
     """A list of RobustnessCurve (one per seed) from a curve or a sequence of curves."""
-    from .robustness import RobustnessCurve
-
     group = [value] if isinstance(value, RobustnessCurve) else list(value) if isinstance(value, Sequence) else None
     if not group or not all(isinstance(c, RobustnessCurve) for c in group):
         raise TypeError(f"curves[{label!r}] must be a RobustnessCurve or a non-empty sequence of them "
@@ -181,8 +183,6 @@ def robustness_curve(curves, ax=None, path=None, *, dpi: int = 150, title: Optio
     Returns:
         The Figure.
     """
-    from .robustness import RobustnessCurve
-
     if isinstance(curves, RobustnessCurve):
         curves = {curves.metric: curves}
     if not isinstance(curves, Mapping) or not curves:
@@ -191,8 +191,6 @@ def robustness_curve(curves, ax=None, path=None, *, dpi: int = 150, title: Optio
     groups = {label: _curve_group(label, value) for label, value in curves.items()}
     metrics = {c.metric for group in groups.values() for c in group}
     fig, ax = _new_axes(ax, (7.0, 4.5))
-    import numpy as np
-
     for label, group in groups.items():
         values = np.array([c.values for c in group], dtype=np.float64)
         mean = values.mean(axis=0)

@@ -26,8 +26,9 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from ._checks import check_int
 from ._compile import eager_under_compile
-from .ema import EMA, _check_nonnegative_int, sigma_rel_to_gamma
+from .ema import EMA, sigma_rel_to_gamma
 
 
 def power_function_weights(t: int, sigma_rel: float) -> np.ndarray:
@@ -85,7 +86,7 @@ class PostHocEMA:
                  snapshot_device: Union[str, torch.device] = "cpu", update_after_step: int = 0,
                  include_buffers: bool = True, dtype: Optional[torch.dtype] = torch.float32,
                  device: Union[None, str, torch.device] = None):
-        if _check_nonnegative_int(snapshot_every, "snapshot_every") == 0:
+        if check_int(snapshot_every, "snapshot_every", 0) == 0:
             raise ValueError("snapshot_every must be >= 1")
         self.ema = EMA(model_or_params, sigma_rels=sigma_rels, update_after_step=update_after_step,
                        include_buffers=include_buffers, dtype=dtype, device=device)
@@ -138,7 +139,7 @@ class PostHocEMA:
         sigma_rel_to_gamma(sigma_rel)  # validates
         if not self._records:
             raise ValueError("no snapshots yet: call update() (or snapshot()) first")
-        t_out = self._records[-1]["t"] if t is None else _check_nonnegative_int(t, "t")
+        t_out = self._records[-1]["t"] if t is None else check_int(t, "t", 0)
         used = [r for r in self._records if r["t"] <= t_out]
         if not used:
             raise ValueError(f"no snapshot at or before t = {t_out} (snapshots at {self.snapshot_times})")
@@ -195,7 +196,7 @@ class PostHocEMA:
             if key not in state:
                 raise ValueError(f"state_dict is missing {key!r}")
         self.ema._check_state(state["ema"])
-        every = _check_nonnegative_int(state["snapshot_every"], "state_dict['snapshot_every']")
+        every = check_int(state["snapshot_every"], "state_dict['snapshot_every']", 0)
         if every == 0:
             raise ValueError("state_dict['snapshot_every'] must be >= 1")
         records = state["snapshots"]
@@ -204,7 +205,7 @@ class PostHocEMA:
         for k, r in enumerate(records):
             if not isinstance(r, Mapping) or "t" not in r or ("path" in r) == ("data" in r):
                 raise ValueError(f"state_dict['snapshots'][{k}] must be {{'t', 'path'}} or {{'t', 'data'}}")
-            _check_nonnegative_int(r["t"], f"state_dict['snapshots'][{k}]['t']")
+            check_int(r["t"], f"state_dict['snapshots'][{k}]['t']", 0)
             if "data" in r:
                 data = r["data"]
                 if not isinstance(data, Mapping) or len(data.get("averaged", ())) != len(self.ema.sigma_rels):

@@ -6,9 +6,9 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
+from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
 from ._compile import eager_under_compile
 from .magnitude import check_schedule, check_step
-from .ops._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
 from .ops.gaussian_noise import gaussian_noise, gaussian_noise_op, noise_scale
 from .random import draw_seed
 
@@ -169,7 +169,7 @@ def set_noise_step(module: nn.Module, step: int) -> int:
 class GaussianNoise(ScheduledNoise):
     """Adds N(0, std_t^2) noise in training mode; the identity in eval mode.
 
-    Same semantics as Keras' ``GaussianNoise`` layer (shared/formulas.md, activation/input noise),
+    Same semantics as Keras' ``GaussianNoise`` layer (docs/formulas.md, "Regularising noise"),
     fused into one pass (see :func:`noisefast.gaussian_noise`), with an optional magnitude schedule:
     ``std_t = std * schedule(num_steps)`` (see :class:`ScheduledNoise`).
 

@@ -3,7 +3,7 @@
 For each std in ``stds`` the model is evaluated on the data with inputs ``x + std * z``,
 z ~ N(0, 1) fresh for every batch (:func:`noisefast.gaussian_noise`; std = 0 is the clean data).
 Tracking this curve during training is how noise-injection regularisers are usually judged
-(formulas.md section 8, "robustness tracked during training"; e.g. Hendrycks & Dietterich 2019,
+(docs/formulas.md, "Regularising noise", robustness tracked during training; e.g. Hendrycks & Dietterich 2019,
 "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations", Gaussian noise).
 """
 from __future__ import annotations

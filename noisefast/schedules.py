@@ -1,7 +1,7 @@
 """Noise levels, level distributions and curricula for diffusion and consistency training.
 
 Everything here works on tiny tensors (a few thousand elements at most) in float64; the per-element
-work of a training step lives in the fused ops. Formulas and constants: /work/shared/formulas.md
+work of a training step lives in the fused ops. Formulas and constants: docs/formulas.md
 sections 1-5 (the sources are named in each docstring).
 
 Contents
@@ -36,7 +36,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .ops._checks import check_int
+from ._checks import check_int, check_real
+from ._dtypes import FLOAT_DTYPES
 from .magnitude import MagnitudeSchedule, constant, cosine, interval, linear, polynomial
 
 __all__ = [
@@ -52,28 +53,10 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------------
 # Argument checks: each error names the argument and what was expected.
-
-_int_arg = check_int
-
-
-def _float_arg(value, name: str, *, positive: bool = False, nonnegative: bool = False,
-               allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if nonnegative and not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
 
 def _check_range(low: float, high: float, low_name: str, high_name: str) -> None:
     if not low < high:
@@ -81,7 +64,7 @@ def _check_range(low: float, high: float, low_name: str, high_name: str) -> None
 
 
 def _dtype_arg(dtype, name: str = "dtype") -> torch.dtype:
-    if dtype not in _FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {dtype}")
     return dtype
 
@@ -90,7 +73,7 @@ def _check_sigmas(sigmas, name: str = "sigmas") -> torch.Tensor:
     """Validate a level vector and return it as float64 (same device)."""
     if not isinstance(sigmas, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(sigmas).__name__}")
-    if sigmas.dtype not in _FLOAT_DTYPES:
+    if sigmas.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating-point tensor, got {sigmas.dtype}")
     if sigmas.dim() != 1 or sigmas.numel() < 2:
         raise ValueError(f"{name} must be 1-D with at least 2 levels, got shape {tuple(sigmas.shape)}")
@@ -146,11 +129,11 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     Returns:
         Tensor of shape [n].
     """
-    n = _int_arg(n, "n", 2)
-    sigma_min = _float_arg(sigma_min, "sigma_min", positive=True)
-    sigma_max = _float_arg(sigma_max, "sigma_max", positive=True)
+    n = check_int(n, "n", 2)
+    sigma_min = check_real(sigma_min, "sigma_min", positive=True)
+    sigma_max = check_real(sigma_max, "sigma_max", positive=True)
     _check_range(sigma_min, sigma_max, "sigma_min", "sigma_max")
-    rho = _float_arg(rho, "rho", positive=True)
+    rho = check_real(rho, "rho", positive=True)
     _dtype_arg(dtype)
     lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
     ramp = torch.arange(n, dtype=_F64) / (n - 1)
@@ -186,12 +169,12 @@ class KarrasLevels:
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
                  predefined_max_levels: Optional[int] = None):
-        self.sigma_min = _float_arg(sigma_min, "sigma_min", positive=True)
-        self.sigma_max = _float_arg(sigma_max, "sigma_max", positive=True)
+        self.sigma_min = check_real(sigma_min, "sigma_min", positive=True)
+        self.sigma_max = check_real(sigma_max, "sigma_max", positive=True)
         _check_range(self.sigma_min, self.sigma_max, "sigma_min", "sigma_max")
-        self.rho = _float_arg(rho, "rho", positive=True)
+        self.rho = check_real(rho, "rho", positive=True)
         self.predefined_max_levels = (None if predefined_max_levels is None
-                                      else _int_arg(predefined_max_levels, "predefined_max_levels", 2))
+                                      else check_int(predefined_max_levels, "predefined_max_levels", 2))
         self._master = (None if self.predefined_max_levels is None else
                         karras_sigmas(self.predefined_max_levels, self.sigma_min, self.sigma_max,
                                       self.rho, device="cpu"))
@@ -199,7 +182,7 @@ class KarrasLevels:
 
     def indices(self, n: int) -> torch.Tensor:
         """Indices into the predefined vector used for n levels (LongTensor [n] on the CPU)."""
-        n = _int_arg(n, "n", 2)
+        n = check_int(n, "n", 2)
         m = self.predefined_max_levels
         if m is None:
             raise ValueError("indices() needs predefined_max_levels; without it the levels are "
@@ -211,7 +194,7 @@ class KarrasLevels:
 
     def levels(self, n: int, *, device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The n ascending levels (Tensor [n]) on ``device`` (default: the default device)."""
-        n = _int_arg(n, "n", 2)
+        n = check_int(n, "n", 2)
         _dtype_arg(dtype)
         device = _default_device(device)
         key = (n, str(device), dtype)
@@ -239,14 +222,14 @@ class KarrasLevels:
 # Curricula: the number of levels N(k) at training step k
 
 def _check_steps(step, total_steps) -> tuple:
-    total_steps = _int_arg(total_steps, "total_steps", 1)
-    step = _int_arg(step, "step", 0)
+    total_steps = check_int(total_steps, "total_steps", 1)
+    step = check_int(step, "step", 0)
     return min(step, total_steps), total_steps
 
 
 def _check_s0_s1(s0, s1, min_s0: int) -> tuple:
-    s0 = _int_arg(s0, "s0", min_s0)
-    s1 = _int_arg(s1, "s1", s0)
+    s0 = check_int(s0, "s0", min_s0)
+    s1 = check_int(s1, "s1", s0)
     return s0, s1
 
 
@@ -335,9 +318,9 @@ def ct_ema_decay(num_levels: int, s0: int = 2, mu0: float = 0.9) -> float:
     Returns:
         The decay as a Python float.
     """
-    num_levels = _int_arg(num_levels, "num_levels", 1)
-    s0 = _float_arg(s0, "s0", positive=True)
-    mu0 = _float_arg(mu0, "mu0", positive=True)
+    num_levels = check_int(num_levels, "num_levels", 1)
+    s0 = check_real(s0, "s0", positive=True)
+    mu0 = check_real(mu0, "mu0", positive=True)
     if mu0 > 1:
         raise ValueError(f"mu0 must be in (0, 1], got {mu0}")
     return math.exp(s0 * math.log(mu0) / num_levels)
@@ -367,7 +350,7 @@ class _FormulaCurriculum(Curriculum):
     _min_s0 = 1
 
     def __init__(self, total_steps: int, s0: int, s1: int):
-        self.total_steps = _int_arg(total_steps, "total_steps", 1)
+        self.total_steps = check_int(total_steps, "total_steps", 1)
         self.s0, self.s1 = _check_s0_s1(s0, s1, self._min_s0)
 
     def num_levels(self, step: int) -> int:
@@ -428,11 +411,11 @@ class ConstantCurriculum(Curriculum):
     """The same N at every step (Gokmen et al.'s constant-N runs, or a fixed discretisation)."""
 
     def __init__(self, n: int, total_steps: Optional[int] = None):
-        self.n = _int_arg(n, "n", 2)
-        self.total_steps = None if total_steps is None else _int_arg(total_steps, "total_steps", 1)
+        self.n = check_int(n, "n", 2)
+        self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", 1)
 
     def num_levels(self, step: int) -> int:
-        _int_arg(step, "step", 0)
+        check_int(step, "step", 0)
         return self.n
 
     @property
@@ -524,8 +507,8 @@ def lognormal_level_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: flo
         float64 Tensor [N-1] on sigmas' device, summing to 1.
     """
     s = _check_sigmas(sigmas)
-    p_mean = _float_arg(p_mean, "p_mean")
-    p_std = _float_arg(p_std, "p_std", positive=True)
+    p_mean = check_real(p_mean, "p_mean")
+    p_std = check_real(p_std, "p_std", positive=True)
     z = (torch.log(s) - p_mean) / p_std
     width = torch.log1p(torch.diff(s) / s[:-1]) / p_std  # z[i+1] - z[i] without cancellation
     return torch.softmax(_log_normal_mass(z[:-1], z[1:], width), dim=0)
@@ -585,7 +568,7 @@ class LevelDistribution:
     def sample(self, batch_size: int, sigmas: torch.Tensor, *,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``batch_size`` i.i.d. indices by inverse CDF (int64 Tensor [batch_size])."""
-        batch_size = _int_arg(batch_size, "batch_size", 0)
+        batch_size = check_int(batch_size, "batch_size", 0)
         cdf = self.cdf(sigmas)
         return index_from_cdf(cdf, _random("rand", batch_size, generator, cdf.device))
 
@@ -600,8 +583,8 @@ class LogNormalLevels(LevelDistribution):
     iid = True
 
     def __init__(self, p_mean: float = -1.1, p_std: float = 2.0):
-        self.p_mean = _float_arg(p_mean, "p_mean")
-        self.p_std = _float_arg(p_std, "p_std", positive=True)
+        self.p_mean = check_real(p_mean, "p_mean")
+        self.p_std = check_real(p_std, "p_std", positive=True)
 
     def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
         """float64 [N-1]; ``batch_size`` is accepted for a uniform interface and ignored."""
@@ -629,7 +612,7 @@ class UniformLevels(LevelDistribution):
 
     def sample(self, batch_size: int, sigmas: torch.Tensor, *,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        batch_size = _int_arg(batch_size, "batch_size", 0)
+        batch_size = check_int(batch_size, "batch_size", 0)
         s = _check_sigmas(sigmas)
         return _random("randint", batch_size, generator, s.device, high=s.numel() - 1)
 
@@ -657,7 +640,7 @@ class PolynomialLevels(LevelDistribution):
     """
 
     def __init__(self, curve: float = 4.0, stratified: bool = True):
-        self.curve = _float_arg(curve, "curve", positive=True)
+        self.curve = check_real(curve, "curve", positive=True)
         if not isinstance(stratified, bool):
             raise TypeError(f"stratified must be a bool, got {type(stratified).__name__}")
         self.stratified = stratified
@@ -691,7 +674,7 @@ class PolynomialLevels(LevelDistribution):
         if batch_size is None:
             raise ValueError("batch_size is required for the stratified PolynomialLevels: its "
                              "marginal depends on the batch size")
-        batch_size = _int_arg(batch_size, "batch_size", 1)
+        batch_size = check_int(batch_size, "batch_size", 1)
         top = n - 2
         strata = self._strata(batch_size, top, s.device)
         mu = strata + n ** 0.2
@@ -722,7 +705,7 @@ class PolynomialLevels(LevelDistribution):
     def sample(self, batch_size: int, sigmas: torch.Tensor, *,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """int64 Tensor [batch_size] of interval indices (sorted when stratified)."""
-        batch_size = _int_arg(batch_size, "batch_size", 0)
+        batch_size = check_int(batch_size, "batch_size", 0)
         s = _check_sigmas(sigmas)
         n = s.numel()
         top = n - 2
@@ -754,7 +737,7 @@ class _ContinuousSampler:
 
     def sample(self, batch_size: int, *, generator: Optional[torch.Generator] = None, device=None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        batch_size = _int_arg(batch_size, "batch_size", 0)
+        batch_size = check_int(batch_size, "batch_size", 0)
         _dtype_arg(dtype)
         if device is None:
             device = generator.device if isinstance(generator, torch.Generator) else None
@@ -775,8 +758,8 @@ def _truncation_cdfs(cdf, min_value: float, max_value: float) -> tuple:
 
 
 def _check_bounds(min_value, max_value) -> tuple:
-    min_value = _float_arg(min_value, "min_value", nonnegative=True)
-    max_value = _float_arg(max_value, "max_value", positive=True, allow_inf=True)
+    min_value = check_real(min_value, "min_value", nonnegative=True)
+    max_value = check_real(max_value, "max_value", positive=True, allow_inf=True)
     _check_range(min_value, max_value, "min_value", "max_value")
     return min_value, max_value
 
@@ -791,8 +774,8 @@ class LogNormal(_ContinuousSampler):
     _draw = "randn"
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
-        self.p_mean = _float_arg(p_mean, "p_mean")
-        self.p_std = _float_arg(p_std, "p_std", positive=True)
+        self.p_mean = check_real(p_mean, "p_mean")
+        self.p_std = check_real(p_std, "p_std", positive=True)
 
     def _sigmas_from(self, z):
         return torch.exp(self.p_mean + self.p_std * z)
@@ -811,8 +794,8 @@ class LogUniform(_ContinuousSampler):
     """
 
     def __init__(self, sigma_min: float, sigma_max: float):
-        self.sigma_min = _float_arg(sigma_min, "sigma_min", positive=True)
-        self.sigma_max = _float_arg(sigma_max, "sigma_max", positive=True)
+        self.sigma_min = check_real(sigma_min, "sigma_min", positive=True)
+        self.sigma_max = check_real(sigma_max, "sigma_max", positive=True)
         _check_range(self.sigma_min, self.sigma_max, "sigma_min", "sigma_max")
         self._log_min, self._log_max = math.log(self.sigma_min), math.log(self.sigma_max)
 
@@ -836,8 +819,8 @@ class LogLogistic(_ContinuousSampler):
     """
 
     def __init__(self, loc: float, scale: float, min_value: float = 0.0, max_value: float = float("inf")):
-        self.loc = _float_arg(loc, "loc")
-        self.scale = _float_arg(scale, "scale", positive=True)
+        self.loc = check_real(loc, "loc")
+        self.scale = check_real(scale, "scale", positive=True)
         self.min_value, self.max_value = _check_bounds(min_value, max_value)
         self._lo, self._hi = _truncation_cdfs(self._untruncated, self.min_value, self.max_value)
         if not self._hi > self._lo:
@@ -867,7 +850,7 @@ class VDiffusion(_ContinuousSampler):
     """
 
     def __init__(self, sigma_data: float = 1.0, min_value: float = 0.0, max_value: float = float("inf")):
-        self.sigma_data = _float_arg(sigma_data, "sigma_data", positive=True)
+        self.sigma_data = check_real(sigma_data, "sigma_data", positive=True)
         self.min_value, self.max_value = _check_bounds(min_value, max_value)
         self._lo, self._hi = _truncation_cdfs(self._untruncated, self.min_value, self.max_value)
         if not self._hi > self._lo:
@@ -898,8 +881,8 @@ class LaplaceLogSNR(_ContinuousSampler):
     """
 
     def __init__(self, mu: float = 0.0, b: float = 0.5):
-        self.mu = _float_arg(mu, "mu")
-        self.b = _float_arg(b, "b", positive=True)
+        self.mu = check_real(mu, "mu")
+        self.b = check_real(b, "b", positive=True)
 
     def _sigmas_from(self, t):
         t = t.clamp(min=2.0 ** -53)
@@ -927,12 +910,12 @@ def ect_r_from_t(t, stage: int, *, q: float = 2.0, k: float = 8.0, b: float = 1.
             (returns a float).
         stage: int >= 0.  q: > 1.  k: >= 0.  b: >= 0.
     """
-    stage = _int_arg(stage, "stage", 0)
-    q = _float_arg(q, "q", positive=True)
+    stage = check_int(stage, "stage", 0)
+    q = check_real(q, "q", positive=True)
     if q <= 1:
         raise ValueError(f"q must be > 1, got {q}")
-    k = _float_arg(k, "k", nonnegative=True)
-    b = _float_arg(b, "b", nonnegative=True)
+    k = check_real(k, "k", nonnegative=True)
+    b = check_real(b, "b", nonnegative=True)
     is_tensor = isinstance(t, torch.Tensor)
     if not is_tensor and (isinstance(t, bool) or not isinstance(t, numbers.Real)):
         raise TypeError(f"t must be a tensor or a real number, got {type(t).__name__}")

@@ -20,7 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from .beta import beta_variates
-from .ops._checks import FLOAT_DTYPES, check_float_tensor
+from ._checks import check_float_tensor
+from ._dtypes import FLOAT_DTYPES
 from .ops.mix_rows import mix_rows_op
 
 __all__ = ["smooth_labels", "mixup", "MixupBatch"]

@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .ops.list_noise import noisy_copies
+from .ops.foreach_gaussian_noise import foreach_gaussian_noise
 from .regularizers import ScheduledNoise
 
 __all__ = ["WeightNoise"]
@@ -25,13 +25,13 @@ class WeightNoise(ScheduledNoise):
     afresh for every forward; gradients apply to the clean ``w``; eval mode runs the clean module.
 
     Weight noise as a regulariser: Graves 2011 ("Practical variational inference for neural
-    networks"), An 1996; shared/formulas.md, "Regularising noise": w + Normal(0, std^2) for the
+    networks"), An 1996; docs/formulas.md, "Regularising noise": w + Normal(0, std^2) for the
     forward pass, gradients to the clean w. ``std_t = std * schedule(num_steps)``
     (:class:`ScheduledNoise`; call :meth:`step` once per optimiser step when a schedule is given).
 
     Mechanism (why a wrapper with ``torch.func.functional_call``): each training forward builds
     noisy copies of the selected parameters in one fused pass (one launch per device,
-    ``noisefast.ops.list_noise.noisy_copies``: each weight read once, each copy written once) and
+    ``noisefast.foreach_gaussian_noise``: each weight read once, each copy written once) and
     runs the wrapped module on them with ``torch.func.functional_call``. The copies' gradient is
     the identity, so backward accumulates d loss / d w~ into the clean parameters' ``.grad``. The
     clean weights are never written, so they are bit-exactly what they were, by construction,
@@ -49,8 +49,8 @@ class WeightNoise(ScheduledNoise):
 
     Noise stream: per forward and per device, one seed drawn from ``generator`` (default: the
     device's default generator); the selected parameters of that device, in
-    ``module.named_parameters()`` order, are the tensors of one ``add_noise_``-layout call (the
-    k-th gets stream elements ``base_k ..``, see :func:`noisefast.add_noise_`).
+    ``module.named_parameters()`` order, are the tensors of one ``foreach_gaussian_noise`` call (the
+    k-th gets stream elements ``base_k ..``, see :func:`noisefast.foreach_gaussian_noise_`).
 
     Data parallelism: wrap the model before DDP (``DDP(WeightNoise(net, std))``); DDP's gradient
     hooks sit on the clean parameters, which receive the gradients as usual. Each rank draws its
@@ -117,7 +117,7 @@ class WeightNoise(ScheduledNoise):
         noisy = {}
         for device, named in by_device.items():
             device_std = std.to(device) if isinstance(std, torch.Tensor) else std
-            copies = noisy_copies([p for _, p in named], device_std, generator=self.generator)
+            copies = foreach_gaussian_noise([p for _, p in named], device_std, generator=self.generator)
             noisy.update((name, c) for (name, _), c in zip(named, copies))
         return torch.func.functional_call(self.module, noisy, args, kwargs)
 

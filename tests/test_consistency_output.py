@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from noisefast.ops.consistency_output import (consistency_output, consistency_output_backward_op,
-                                              consistency_output_op, consistency_scalings)
-from noisefast.reference import loss as ref
+                                              consistency_output_forward_op, consistency_scalings)
+from noisefast.reference import consistency_output as ref
 
 from helpers import ALL_FLOAT_DTYPES, assert_close, assert_low_precision_rule, backend_params, run_on
 
@@ -215,10 +215,10 @@ def test_empty(backend):
 def test_opcheck():
     raw, x, sigma = _data((3, 4, 5), torch.float32, seed=9)
     for s in (sigma.float(), sigma[:1].float()):
-        torch.library.opcheck(consistency_output_op, (raw.requires_grad_(), x.requires_grad_(),
+        torch.library.opcheck(consistency_output_forward_op, (raw.requires_grad_(), x.requires_grad_(),
                                                       s.requires_grad_(), SIGMA_DATA, SIGMA_MIN))
     # raw permuted inside its samples (kept as is), x contiguous (copied to raw's layout).
-    torch.library.opcheck(consistency_output_op, (raw.detach().transpose(1, 2), x.detach().transpose(1, 2).contiguous(),
+    torch.library.opcheck(consistency_output_forward_op, (raw.detach().transpose(1, 2), x.detach().transpose(1, 2).contiguous(),
                                                   sigma.float(), SIGMA_DATA, SIGMA_MIN))
     # The backward op has no derivative of its own (no double backward): schema and fake only.
     torch.library.opcheck(consistency_output_backward_op,
@@ -268,9 +268,9 @@ def test_bad_arguments(kwargs, error, name):
 @pytest.mark.triton
 def test_triton_long_programs(monkeypatch):
     # Fewer target programs than the GPU default: several iterations and chunks per sample.
-    import noisefast.triton.pseudo_huber as tph
+    import noisefast.triton.tiling as tiling
 
-    monkeypatch.setattr(tph, "TARGET_PROGRAMS", 4)
+    monkeypatch.setattr(tiling, "TARGET_PROGRAMS", 4)
     raw, x, sigma = _data((2, 20000), torch.float32, seed=11)
     got = run_on("triton", _out_and_grads, consistency_output, raw, x, sigma.float())
     want = _exact(raw, x, sigma.float())

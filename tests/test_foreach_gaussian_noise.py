@@ -1,4 +1,4 @@
-"""add_noise_ (and noisy_copies): the stream layout, exact agreement with the reference on every
+"""foreach_gaussian_noise_ (in place) and foreach_gaussian_noise (out of place): the stream layout, exact agreement with the reference on every
 backend, dtypes, layouts, std forms, statistics, errors, torch.compile and opcheck."""
 import math
 
@@ -7,9 +7,10 @@ import torch
 
 import noisefast
 from noisefast.ops.gaussian_noise import gaussian_noise
-from noisefast.ops.list_noise import add_noise_, add_noise_op, noisy_copies, noisy_copies_op
-from noisefast.reference.list_noise import stream_bases
-from noisefast.reference.random import normal_stream
+from noisefast.ops.foreach_gaussian_noise import (foreach_gaussian_noise, foreach_gaussian_noise_,
+                                                  foreach_gaussian_noise_op, foreach_gaussian_noise_op_)
+from noisefast.reference.foreach_gaussian_noise import stream_bases
+from noisefast.reference.philox import normal_stream
 
 from helpers import (ALL_FLOAT_DTYPES, LOW_PRECISION, assert_close, assert_low_precision_rule,
                      one_rounding_tolerance, run_on)
@@ -25,7 +26,7 @@ def gen(seed=0):
 
 
 def drawn_seed(seed=0):
-    """The seed add_noise_ draws from gen(seed)."""
+    """The seed foreach_gaussian_noise_ draws from gen(seed)."""
     return torch.randint(0, 2 ** 63 - 1, (1,), generator=gen(seed)).item()
 
 
@@ -51,7 +52,7 @@ def test_matches_stream_layout_fp32(backend):
     ts = make(SIZES)
     stds = [0.3 * (k + 1) for k in range(len(ts))]
     want = expected(ts, stds)
-    out = run_on(backend, add_noise_, ts, stds, generator=gen())
+    out = run_on(backend, foreach_gaussian_noise_, ts, stds, generator=gen())
     assert out is ts
     for k, (t, e) in enumerate(zip(ts, want)):
         assert_close(t, e.float(), rtol=1e-6, atol=1e-6, what=f"{backend} tensor {k} ({t.numel()} elements)")
@@ -59,8 +60,8 @@ def test_matches_stream_layout_fp32(backend):
 
 def test_cpu_kernel_equals_reference_backend():
     a, b = make(SIZES), make(SIZES)
-    run_on("cpu", add_noise_, a, 0.7, generator=gen(3))
-    run_on("reference", add_noise_, b, 0.7, generator=gen(3))
+    run_on("cpu", foreach_gaussian_noise_, a, 0.7, generator=gen(3))
+    run_on("reference", foreach_gaussian_noise_, b, 0.7, generator=gen(3))
     for x, y in zip(a, b):
         assert_close(x, y, rtol=1e-6, atol=1e-6)
 
@@ -71,10 +72,10 @@ def test_one_tensor_list_is_exactly_gaussian_noise(backend, shape):
     x = torch.randn(shape)
     want = run_on(backend, gaussian_noise, x, 0.45, generator=gen(5))
     got = x.clone()
-    run_on(backend, add_noise_, [got], 0.45, generator=gen(5))
+    run_on(backend, foreach_gaussian_noise_, [got], 0.45, generator=gen(5))
     assert torch.equal(got, want)
     single = x.clone()
-    assert run_on(backend, add_noise_, single, 0.45, generator=gen(5)) is single  # a tensor is a 1-list
+    assert run_on(backend, foreach_gaussian_noise_, single, 0.45, generator=gen(5)) is single  # a tensor is a 1-list
     assert torch.equal(single, want)
 
 
@@ -83,7 +84,7 @@ def test_one_tensor_list_is_exactly_gaussian_noise(backend, shape):
 def test_low_precision_rule(backend, dtype):
     exact_in = make([1000, 37, 4099], torch.float64)
     ts = [t.to(dtype) for t in exact_in]
-    run_on(backend, add_noise_, ts, 0.8, generator=gen(2))
+    run_on(backend, foreach_gaussian_noise_, ts, 0.8, generator=gen(2))
     s = drawn_seed(2)
     for t, x, b in zip(ts, exact_in, stream_bases([1000, 37, 4099])):
         z = normal_stream(x.numel(), s, 0, b).double()
@@ -97,7 +98,7 @@ def test_low_precision_rule(backend, dtype):
 def test_float64_and_mixed_dtypes_in_one_call(backend):
     ts = [make([33], dt)[0] for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float64)]
     before = [t.clone() for t in ts]
-    run_on(backend, add_noise_, ts, [0.5, 0.25, 1.0, 2.0, 0.125], generator=gen(9))
+    run_on(backend, foreach_gaussian_noise_, ts, [0.5, 0.25, 1.0, 2.0, 0.125], generator=gen(9))
     want = expected(before, [0.5, 0.25, 1.0, 2.0, 0.125], seed=9)
     # float64 math on float32 normals: z's last-ulp differences between backends (log/sin/cos) remain
     assert_close(ts[0], want[0], rtol=1e-6, atol=1e-7, what="float64")
@@ -116,7 +117,7 @@ def test_non_contiguous_views_are_updated_in_place_and_nothing_else(backend):
     plain = torch.randn(21)
     ts = [view, transposed, plain]
     want = expected([t.clone() for t in ts], [0.6, 0.6, 0.6], seed=4)
-    run_on(backend, add_noise_, ts, 0.6, generator=gen(4))
+    run_on(backend, foreach_gaussian_noise_, ts, 0.6, generator=gen(4))
     for k, (t, e) in enumerate(zip(ts, want)):
         assert_close(t, e.float(), rtol=1e-6, atol=1e-6, what=f"{backend} tensor {k}")
     mask = torch.ones_like(base, dtype=torch.bool)
@@ -129,11 +130,11 @@ def test_non_contiguous_views_are_updated_in_place_and_nothing_else(backend):
 def test_std_zero_leaves_tensors_bit_identical(backend):
     ts = make([5, 300]) + [torch.tensor([-0.0, 0.0, float("nan"), float("inf")])]
     before = [t.clone() for t in ts]
-    run_on(backend, add_noise_, ts, 0.0, generator=gen())
+    run_on(backend, foreach_gaussian_noise_, ts, 0.0, generator=gen())
     for t, b in zip(ts, before):
         assert torch.equal(t.view(torch.int32), b.view(torch.int32))
     # per-tensor: only the tensor with std 0 is untouched
-    run_on(backend, add_noise_, ts[:2], [0.0, 1.0], generator=gen())
+    run_on(backend, foreach_gaussian_noise_, ts[:2], [0.0, 1.0], generator=gen())
     assert torch.equal(ts[0], before[0]) and not torch.equal(ts[1], before[1])
 
 
@@ -143,27 +144,26 @@ def test_zero_dim_tensor_std(backend, std_dtype):
     std = torch.tensor(0.37, dtype=std_dtype)
     ts = make([17, 1000])
     want = expected(ts, [float(std.float())] * 2, seed=6)
-    run_on(backend, add_noise_, ts, std, generator=gen(6))
+    run_on(backend, foreach_gaussian_noise_, ts, std, generator=gen(6))
     for t, e in zip(ts, want):
         assert_close(t, e.float(), rtol=1e-6, atol=1e-6, what=str(std_dtype))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_tensors_and_empty_list(backend):
-    assert run_on(backend, add_noise_, [], 0.5) == []
+    assert run_on(backend, foreach_gaussian_noise_, [], 0.5) == []
     e = torch.empty(0, 3)
     ts = [e, torch.zeros(4)]
-    run_on(backend, add_noise_, ts, 0.5, generator=gen())
+    run_on(backend, foreach_gaussian_noise_, ts, 0.5, generator=gen())
     assert e.shape == (0, 3) and ts[1].abs().sum() > 0
 
 
-def test_noisy_copies_match_add_noise_and_pass_gradients_through():
+def test_out_of_place_matches_in_place_and_passes_gradients_through():
     ts = [t.requires_grad_() for t in make([7, 300, 1])]
-    seed = torch.tensor([12345])
-    copies = run_on("cpu", noisy_copies, ts, [0.5, 1.0, 2.0], seed=seed)
-    ref_copies = run_on("reference", noisy_copies, ts, [0.5, 1.0, 2.0], seed=seed)
+    copies = run_on("cpu", foreach_gaussian_noise, ts, [0.5, 1.0, 2.0], generator=gen(12))
+    ref_copies = run_on("reference", foreach_gaussian_noise, ts, [0.5, 1.0, 2.0], generator=gen(12))
     inplace = [t.detach().clone() for t in ts]
-    run_on("cpu", lambda: add_noise_op(inplace, seed, [0.5, 1.0, 2.0], None))
+    run_on("cpu", foreach_gaussian_noise_, inplace, [0.5, 1.0, 2.0], generator=gen(12))
     for c, r, i, t in zip(copies, ref_copies, inplace, ts):
         assert torch.equal(c, i)
         assert_close(c, r, rtol=1e-6, atol=1e-6)
@@ -173,13 +173,13 @@ def test_noisy_copies_match_add_noise_and_pass_gradients_through():
         assert torch.equal(t.grad, torch.full_like(t, k + 1.0))
 
 
-def test_noisy_copies_of_a_view_and_std_zero():
+def test_out_of_place_copy_of_a_view_and_std_zero():
     base = torch.randn(6, 8)
     view = base[:, ::2]
-    (copy,) = run_on("cpu", noisy_copies, [view], 0.0, seed=torch.tensor([1]))
+    (copy,) = run_on("cpu", foreach_gaussian_noise, [view], 0.0, generator=gen(1))
     assert copy.is_contiguous() and torch.equal(copy, view)
-    (copy,) = run_on("cpu", noisy_copies, [view], 1.0, seed=torch.tensor([1]))
-    (ref,) = run_on("reference", noisy_copies, [view], 1.0, seed=torch.tensor([1]))
+    (copy,) = run_on("cpu", foreach_gaussian_noise, [view], 1.0, generator=gen(1))
+    (ref,) = run_on("reference", foreach_gaussian_noise, [view], 1.0, generator=gen(1))
     assert_close(copy, ref, rtol=1e-6, atol=1e-6)
 
 
@@ -187,7 +187,7 @@ def test_noisy_copies_of_a_view_and_std_zero():
 def test_statistics_mean_variance_and_independence(backend):
     n = 400_000 if backend == "cpu" else 100_000
     ts = [torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.float64)]
-    run_on(backend, add_noise_, ts, [0.5, 2.0, 1.0], generator=gen(11))
+    run_on(backend, foreach_gaussian_noise_, ts, [0.5, 2.0, 1.0], generator=gen(11))
     for t, std in zip(ts, [0.5, 2.0, 1.0]):
         x = t.double()
         assert abs(x.mean().item()) < 5 * std / math.sqrt(n)
@@ -198,9 +198,9 @@ def test_statistics_mean_variance_and_independence(backend):
     assert off.abs().max().item() < 5 / math.sqrt(n)
     # successive calls draw fresh seeds
     a = torch.zeros(1000)
-    add_noise_(a, 1.0)
+    foreach_gaussian_noise_(a, 1.0)
     b = torch.zeros(1000)
-    add_noise_(b, 1.0)
+    foreach_gaussian_noise_(b, 1.0)
     assert not torch.equal(a, b)
 
 
@@ -210,7 +210,7 @@ def test_bad_inputs_raise_naming_the_argument_before_writing(backend):
 
     def check(exc, match, tensors, std=0.5):
         with pytest.raises(exc, match=match):
-            run_on(backend, add_noise_, tensors, std)
+            run_on(backend, foreach_gaussian_noise_, tensors, std)
         assert torch.equal(good, torch.zeros(5)), "written before raising"
 
     check(TypeError, r"tensors\[1\]", [good, torch.zeros(3, dtype=torch.int64)])
@@ -237,31 +237,41 @@ def test_bad_inputs_raise_naming_the_argument_before_writing(backend):
     check(ValueError, r"tensors\[0\] and tensors\[1\]", [w, w[:, 0]])
     check(ValueError, r"tensors\[0\] and tensors\[1\]", [w[:, ::2], w[1:, 2]])
     # interleaved strided views share no element: allowed
-    run_on(backend, add_noise_, [w[:, 0], w[:, 1], w[:, 2:]], 1.0)
+    run_on(backend, foreach_gaussian_noise_, [w[:, 0], w[:, 1], w[:, 2:]], 1.0)
     assert (w != 0).all()
     m = torch.zeros(4, 2)
-    run_on(backend, add_noise_, [m[:, 0], m[:, 1]], 1.0)
+    run_on(backend, foreach_gaussian_noise_, [m[:, 0], m[:, 1]], 1.0)
     assert (m != 0).all()
 
 
 def test_version_counters_are_bumped():
     t = torch.zeros(4)
     v = t._version
-    add_noise_([t], 0.1)
+    foreach_gaussian_noise_([t], 0.1)
     assert t._version > v
 
 
 def test_parameters_and_grad_mode():
     p = torch.nn.Parameter(torch.zeros(10))
-    add_noise_([p], 0.1)  # like an optimizer step: no autograd history, no error on a leaf
+    foreach_gaussian_noise_([p], 0.1)  # like an optimizer step: no autograd history, no error on a leaf
     assert p.grad_fn is None and p.requires_grad and (p != 0).any()
+
+
+def test_add_noise_is_a_deprecated_alias_of_foreach_gaussian_noise_():
+    a, b = make([5, 300]), make([5, 300])
+    with pytest.warns(DeprecationWarning, match="foreach_gaussian_noise_"):
+        returned = noisefast.add_noise_(a, [0.5, 2.0], generator=gen(7))
+    assert returned is a
+    foreach_gaussian_noise_(b, [0.5, 2.0], generator=gen(7))
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
 
 
 def test_compile_fullgraph_traces_the_public_function():
     def step(ts, std):
-        add_noise_(ts, std)
-        add_noise_(ts[1], 0.0)
-        add_noise_(ts[2:], [0.0, 1.0])
+        foreach_gaussian_noise_(ts, std)
+        foreach_gaussian_noise_(ts[1], 0.0)
+        foreach_gaussian_noise_(ts[2:], [0.0, 1.0])
         return ts[0].sum() + ts[1].sum()
 
     compiled = torch.compile(step, fullgraph=True)
@@ -275,9 +285,9 @@ def test_compile_fullgraph_traces_the_public_function():
     assert not torch.equal(ts[3], snapshot[3])
 
 
-def test_compile_fullgraph_noisy_copies_gradient():
+def test_compile_fullgraph_out_of_place_gradient():
     def f(ws):
-        a, b = noisy_copies(ws, 0.1)
+        a, b = foreach_gaussian_noise(ws, 0.1)
         return (a * 2).sum() + b.sum()
 
     ws = [torch.randn(5, requires_grad=True), torch.randn(3, 2, requires_grad=True)]
@@ -288,11 +298,11 @@ def test_compile_fullgraph_noisy_copies_gradient():
 def test_opcheck():
     seed = torch.tensor([7])
     ts = [torch.randn(4, 3), torch.randn(5, dtype=torch.float64), torch.randn(3, dtype=torch.bfloat16)]
-    torch.library.opcheck(add_noise_op, (ts, seed, [0.5, 0.1, 2.0], None))
-    torch.library.opcheck(add_noise_op, (ts, seed, [], torch.tensor(0.5)))
+    torch.library.opcheck(foreach_gaussian_noise_op_, (ts, seed, [0.5, 0.1, 2.0], None))
+    torch.library.opcheck(foreach_gaussian_noise_op_, (ts, seed, [], torch.tensor(0.5)))
     ws = [torch.randn(4, 3, requires_grad=True), torch.randn(6, requires_grad=True)]
-    torch.library.opcheck(noisy_copies_op, (ws, seed, [0.5, 0.0], None))
-    torch.library.opcheck(noisy_copies_op, (ws, seed, [], torch.tensor(0.3, dtype=torch.float64)))
+    torch.library.opcheck(foreach_gaussian_noise_op, (ws, seed, [0.5, 0.0], None))
+    torch.library.opcheck(foreach_gaussian_noise_op, (ws, seed, [], torch.tensor(0.3, dtype=torch.float64)))
 
 
 # --- CUDA (run when a GPU is present) ---------------------------------------------------------
@@ -307,9 +317,9 @@ def test_cuda_matches_reference(dtype):
     stds = [0.1 + 0.01 * k for k in range(len(ts))]
     seed = torch.tensor([987654321])
     with noisefast.use_backend("cuda"):
-        add_noise_op(ts, seed.cuda(), stds, None)
+        foreach_gaussian_noise_op_(ts, seed.cuda(), stds, None)
     with noisefast.use_backend("reference"):
-        add_noise_op(ref, seed, stds, None)
+        foreach_gaussian_noise_op_(ref, seed, stds, None)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype in (torch.float32, torch.float64) else one_rounding_tolerance(dtype)
     for k, (a, b) in enumerate(zip(ts, ref)):
         assert_close(a.cpu(), b, **tol, what=f"tensor {k} ({a.numel()} elements, {dtype})")
@@ -325,10 +335,10 @@ def test_cuda_views_device_std_copies_and_identity():
     std = torch.tensor(0.7, device="cuda")
     seed = torch.tensor([42])
     with noisefast.use_backend("cuda"):
-        add_noise_op(ts, seed.cuda(), [], std)
-        copies = noisy_copies_op(ref_in := [t.clone() for t in ts], seed.cuda(), [0.0, 0.5], None)
+        foreach_gaussian_noise_op_(ts, seed.cuda(), [], std)
+        copies = foreach_gaussian_noise_op(ref_in := [t.clone() for t in ts], seed.cuda(), [0.0, 0.5], None)
     with noisefast.use_backend("reference"):
-        add_noise_op(ref, seed, [0.7, 0.7], None)
+        foreach_gaussian_noise_op_(ref, seed, [0.7, 0.7], None)
     for a, b in zip(ts, ref):
         assert_close(a.cpu().double(), b.double(), rtol=1e-3, atol=1e-3)
     mask = torch.ones_like(base, dtype=torch.bool)
@@ -337,7 +347,7 @@ def test_cuda_views_device_std_copies_and_identity():
     assert torch.equal(copies[0], ref_in[0])
     x = torch.randn(4099, device="cuda")
     got = x.clone()
-    add_noise_(got, 0.3, generator=torch.Generator("cuda").manual_seed(1))
+    foreach_gaussian_noise_(got, 0.3, generator=torch.Generator("cuda").manual_seed(1))
     want = gaussian_noise(x, 0.3, generator=torch.Generator("cuda").manual_seed(1))
     assert torch.equal(got, want)
 
@@ -346,10 +356,10 @@ def test_cuda_views_device_std_copies_and_identity():
 def test_cuda_graph_capture_draws_new_noise_per_replay():
     ts = [torch.zeros(1000, device="cuda"), torch.zeros(77, device="cuda")]
     std = torch.tensor(1.0, device="cuda")
-    add_noise_(ts, std)  # warm up
+    foreach_gaussian_noise_(ts, std)  # warm up
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        add_noise_(ts, std)
+        foreach_gaussian_noise_(ts, std)
     for t in ts:
         t.zero_()
     graph.replay()

@@ -13,7 +13,7 @@ import torch
 import noisefast
 from noisefast.ops.gaussian_noise import broadcast_as_scale, gaussian_noise_op
 from noisefast.ops.perturbation import add_noise_op, consistency_pair_op
-from noisefast.reference.random import normal_stream
+from noisefast.reference.philox import normal_stream
 
 from helpers import assert_close, run_on
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from noisefast.gradient_noise import GradientNoise
-from noisefast.reference.list_noise import stream_bases
-from noisefast.reference.random import normal_stream
+from noisefast.reference.foreach_gaussian_noise import stream_bases
+from noisefast.reference.philox import normal_stream
 
 
 def test_std_anneals_the_variance_not_the_std():

@@ -56,7 +56,7 @@ def test_without_the_extension_noisefast_falls_back_and_warns_once():
         import sys, warnings
         sys.modules["noisefast._C"] = None  # make `from noisefast import _C` fail
         import torch, noisefast
-        from noisefast.reference.random import normal_stream
+        from noisefast.reference.philox import normal_stream
         assert noisefast.backends()["cpu"] is False
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -71,3 +71,43 @@ def test_without_the_extension_noisefast_falls_back_and_warns_once():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _all_kernels():
+    import importlib
+    import pkgutil
+
+    import noisefast.ops
+
+    found = []
+    for info in pkgutil.iter_modules(noisefast.ops.__path__):
+        module = importlib.import_module(f"noisefast.ops.{info.name}")
+        found += [value for value in vars(module).values() if isinstance(value, _library.Kernels)]
+    return found
+
+
+def test_every_compiled_op_has_its_schema_from_python_and_its_kernels_registered():
+    kernels = _all_kernels()
+    assert len(kernels) == 15, [k.name for k in kernels]
+    with_cuda = _library.has_cuda_kernels()
+    for k in kernels:
+        qualified = f"noisefast_C::{k.name}"
+        schema = str(getattr(torch.ops.noisefast_C, k.name).default._schema)
+        assert schema == "noisefast_C::" + _library.kernel_schema(k.op), schema
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CPU"), qualified
+        if with_cuda:
+            has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CUDA")
+            assert has_cuda == ("cuda" in k.gpu_preference), qualified
+
+
+def test_cpp_files_define_no_schema():
+    # Schemas are written once, in Python (noisefast/_library.py defines noisefast_C::<op> from the
+    # op's own schema); the C++ files only register implementations.
+    import pathlib
+    import re
+
+    csrc = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+    pattern = re.compile(r"TORCH_LIBRARY\s*\(|TORCH_LIBRARY_FRAGMENT|\bm\.def\s*\(")
+    offenders = [str(p.relative_to(csrc)) for p in csrc.rglob("*") if p.suffix in (".cpp", ".h", ".cu", ".cuh")
+                 and pattern.search(p.read_text())]
+    assert not offenders, offenders

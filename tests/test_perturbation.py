@@ -9,10 +9,10 @@ import torch
 
 import noisefast
 from noisefast.ops.perturbation import add_noise, add_noise_op, consistency_pair, consistency_pair_op
-from noisefast.ops.sampled_pair import sampled_consistency_pair, sampled_consistency_pair_op
+from noisefast.ops.perturbation import sampled_consistency_pair, sampled_consistency_pair_op
 from noisefast.random import STREAM_NOISE, STREAM_OFFSET, STREAM_PERTURBATION, draw_seed
 from noisefast.reference import perturbation as R
-from noisefast.reference.random import normal_stream
+from noisefast.reference.philox import normal_stream
 
 from helpers import assert_close, assert_low_precision_rule, backend_params, run_on
 

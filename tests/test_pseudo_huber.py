@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from noisefast.ops.pseudo_huber import pseudo_huber_backward, pseudo_huber_forward, pseudo_huber_loss
-from noisefast.reference import loss as ref
+from noisefast.reference import pseudo_huber as ref
 
 from helpers import assert_close, assert_low_precision_rule, backend_params, run_on
 
@@ -378,10 +378,10 @@ def test_bad_arguments(kwargs, error, name):
 def test_triton_long_programs(monkeypatch, per_sample):
     # Fewer target programs than the GPU default, so a small input already takes the long-sample
     # path: several iterations per program (ITERS = 16) and several chunks per sample (P = 2).
-    import noisefast.triton.pseudo_huber as tph
+    import noisefast.triton.tiling as tiling
 
-    monkeypatch.setattr(tph, "TARGET_PROGRAMS", 4)
-    assert tph._tiling(2, 20000) == (1, 1024, 16, 2)
+    monkeypatch.setattr(tiling, "TARGET_PROGRAMS", 4)
+    assert tiling.sample_tiling(2, 20000) == (1, 1024, 16, 2)
     a, b = _pair((2, 20000), torch.float32, seed=20)
     loss, ga, gb = run_on("triton", _loss_and_grads, pseudo_huber_loss, a, b, per_sample=per_sample)
     exact, ea, eb = _exact(a, b, per_sample=per_sample)

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from noisefast import plot
-from noisefast.reference.random import normal_stream
+from noisefast.reference.philox import normal_stream
 from noisefast.robustness import RobustnessCurve, accuracy, robustness_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

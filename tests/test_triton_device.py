@@ -15,10 +15,8 @@ def _triton_launchers():
     for info in pkgutil.iter_modules(noisefast.ops.__path__):
         module = importlib.import_module(f"noisefast.ops.{info.name}")
         for value in vars(module).values():
-            if isinstance(value, Kernels) and value._paths.get("triton"):
-                path = value._paths["triton"]
-                module_name, _, name = path.partition(":")
-                found[path] = getattr(importlib.import_module(module_name), name)
+            if isinstance(value, Kernels) and value.modules["triton"]:
+                found[f"{value.modules['triton']}:{value.name}"] = value.implementation("triton")
     return found
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from noisefast.regularizers import ScheduledNoise
-from noisefast.reference.list_noise import stream_bases
-from noisefast.reference.random import normal_stream
+from noisefast.reference.foreach_gaussian_noise import stream_bases
+from noisefast.reference.philox import normal_stream
 from noisefast.weight_noise import WeightNoise, weights_only
 
 from helpers import assert_schedule_steps_without_recompile

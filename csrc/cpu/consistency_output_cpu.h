@@ -1,26 +1,27 @@
-// noisefast_C::consistency_output / consistency_output_backward on the CPU (semantics in
+// CPU kernels of noisefast_C::consistency_output_forward / consistency_output_backward (semantics in
 // noisefast/ops/consistency_output.py):
 //   out = c_skip(sigma_b) * x + c_out(sigma_b) * raw,
 //   c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2),  c_out = sd (sigma - sigma_min) / sqrt(sigma^2 + sd^2)
-// (iCT, Song & Dhariwal 2023; formulas.md section 2). sigma is [S] in the math dtype, S = 1 (one
-// sigma for the batch) or S = B. raw, x (and grad in backward) arrive sample-blocked with equal
-// strides, so sample b is memory [b*D, (b+1)*D) and the output takes raw's layout.
+// (iCT, Song & Dhariwal 2023; docs/formulas.md). sigma is [S] in the math dtype, S = 1 (one sigma
+// for the batch) or S = B. raw, x (and grad in backward) arrive sample-blocked with equal strides,
+// so sample b is memory [b*D, (b+1)*D) and the output takes raw's layout. Called by
+// csrc/ops/consistency_output.cpp, which checks the arguments and allocates the outputs.
+#pragma once
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <tuple>
+#include <cstdint>
 #include <vector>
 
-#include "noisefast/pseudo_huber.h"
-#include "noisefast/torch_checks.h"  // SampleChunks
+#include "noisefast/math_type.h"
+#include "noisefast/sample_chunks.h"
 
 namespace noisefast {
-namespace {
+namespace cpu {
 
 constexpr int64_t kTaskElements = int64_t{1} << 14;
 
@@ -61,28 +62,14 @@ void for_each_task(const SampleChunks& split, int64_t elements, const acc_t* sig
   });
 }
 
-void check_args(const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma) {
-  TORCH_CHECK(raw.dim() >= 1, "noisefast: consistency_output: raw needs a batch dimension");
-  TORCH_CHECK(raw.sizes() == x.sizes() && raw.scalar_type() == x.scalar_type(),
-              "noisefast: consistency_output: raw and x differ in shape or dtype");
-  TORCH_CHECK(sample_blocked(raw) && same_layout(raw, x),
-              "noisefast: consistency_output kernels need sample-blocked raw and x with equal strides");
-  const at::ScalarType acc = raw.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(sigma.dim() == 1 && (sigma.size(0) == 1 || sigma.size(0) == raw.size(0)) && sigma.is_contiguous() &&
-                  sigma.scalar_type() == acc,
-              "noisefast: consistency_output: sigma must be a contiguous [1] or [B] tensor in the math dtype");
-}
-
-at::Tensor consistency_output_cpu(const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma,
-                                  double sigma_data, double sigma_min) {
-  check_args(raw, x, sigma);
-  at::Tensor out = at::empty_like(raw);
-  if (raw.numel() == 0) return out;
+// out = c_skip(sigma) x + c_out(sigma) raw for raw with elements.
+inline void consistency_output_forward(const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma,
+                                       double sigma_data, double sigma_min, at::Tensor& out) {
   const int64_t samples = raw.size(0);
   const int64_t elements = raw.numel() / samples;
   const SampleChunks split(samples, elements, kTaskElements);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "consistency_output_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = math_t<scalar_t>;
     const scalar_t* r = raw.const_data_ptr<scalar_t>();
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -98,7 +85,6 @@ at::Tensor consistency_output_cpu(const at::Tensor& raw, const at::Tensor& x, co
       }
     });
   });
-  return out;
 }
 
 // grad_raw = c_out * g, grad_x = c_skip * g, and per task the sums of g*x and g*raw that the sigma
@@ -106,10 +92,10 @@ at::Tensor consistency_output_cpu(const at::Tensor& raw, const at::Tensor& x, co
 template <bool kRaw, bool kX, bool kSigma, typename scalar_t>
 void backward_run(const scalar_t* __restrict__ g, const scalar_t* __restrict__ r, const scalar_t* __restrict__ xs,
                   scalar_t* __restrict__ gr, scalar_t* __restrict__ gx, int64_t n,
-                  Scalings<at::opmath_type<scalar_t>> k, double* sums) {
-  using acc_t = at::opmath_type<scalar_t>;
+                  Scalings<math_t<scalar_t>> k, double* sums) {
+  using acc_t = math_t<scalar_t>;
   // Independent lanes keep the sums vectorisable; 4096-element blocks move to double (as in
-  // pseudo_huber_cpu.cpp) so the float rounding error stays ~1e-6 relative.
+  // pseudo_huber_cpu.h) so the float rounding error stays ~1e-6 relative.
   constexpr int kLanes = 8;
   constexpr int64_t kInner = 4096;
   double sum_gx = 0, sum_gr = 0;
@@ -143,22 +129,18 @@ void backward_run(const scalar_t* __restrict__ g, const scalar_t* __restrict__ r
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> consistency_output_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& raw, const at::Tensor& x, const at::Tensor& sigma, double sigma_data,
-    double sigma_min, bool want_raw, bool want_x, bool want_sigma) {
-  check_args(raw, x, sigma);
-  TORCH_CHECK(grad.sizes() == raw.sizes() && grad.scalar_type() == raw.scalar_type() && same_layout(grad, raw),
-              "noisefast: consistency_output_backward: grad must match raw in shape, dtype and strides");
-  at::Tensor grad_raw = want_raw ? at::empty_like(raw) : at::empty({0}, raw.options());
-  at::Tensor grad_x = want_x ? at::empty_like(raw) : at::empty({0}, raw.options());
-  at::Tensor grad_sigma = want_sigma ? at::zeros_like(sigma) : at::empty({0}, sigma.options());
-  if (raw.numel() == 0 || !(want_raw || want_x || want_sigma)) return {grad_raw, grad_x, grad_sigma};
+// grad_raw = c_out g, grad_x = c_skip g and grad_sigma (zero-filled, [S]) += the sigma gradient,
+// each computed only when wanted, for raw with elements.
+inline void consistency_output_backward(const at::Tensor& grad, const at::Tensor& raw, const at::Tensor& x,
+                                        const at::Tensor& sigma, double sigma_data, double sigma_min, bool want_raw,
+                                        bool want_x, bool want_sigma, at::Tensor& grad_raw, at::Tensor& grad_x,
+                                        at::Tensor& grad_sigma) {
   const int64_t samples = raw.size(0);
   const int64_t elements = raw.numel() / samples;
   const SampleChunks split(samples, elements, kTaskElements);
   std::vector<double> sums(want_sigma ? 2 * split.tasks() : 0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "consistency_output_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = math_t<scalar_t>;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* r = raw.const_data_ptr<scalar_t>();
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
@@ -203,20 +185,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> consistency_output_backward_cpu(
       if (shared) out[0] = static_cast<acc_t>(shared_total);
     }
   });
-  return {grad_raw, grad_x, grad_sigma};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(noisefast_C, m) {
-  m.def("consistency_output(Tensor raw, Tensor x, Tensor sigma, float sigma_data, float sigma_min) -> Tensor");
-  m.def("consistency_output_backward(Tensor grad, Tensor raw, Tensor x, Tensor sigma, float sigma_data, "
-        "float sigma_min, bool want_raw, bool want_x, bool want_sigma) -> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(noisefast_C, CPU, m) {
-  m.impl("consistency_output", &consistency_output_cpu);
-  m.impl("consistency_output_backward", &consistency_output_backward_cpu);
-}
+}  // namespace cpu
 
 }  // namespace noisefast

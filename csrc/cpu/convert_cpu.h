@@ -1,8 +1,8 @@
 // float16 / bfloat16 <-> float32 conversion of contiguous runs, for CPU kernels that stage a block
-// of low-precision data in float32 (ema_cpu.cpp, mix_rows_cpu.cpp). widen/narrow<kF16C> take the
-// F16C/AVX2 path when kF16C is true, which callers pass only inside functions compiled with
-// __attribute__((target("avx2,fma,f16c"))) after checking the CPU; plain casts otherwise. Results
-// equal c10::Half / c10::BFloat16's conversions (round to nearest even; bfloat16 NaN -> 0x7FC0).
+// of low-precision data in float32 (ema_update_cpu.h, mix_rows_cpu.h). widen/narrow<kAvx2> take
+// the F16C/AVX2 path when kAvx2 is true, which callers pass only inside their AVX2 copy
+// (multiversion_cpu.h); plain casts otherwise. Results equal c10::Half / c10::BFloat16's
+// conversions (round to nearest even; bfloat16 NaN -> 0x7FC0).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -11,25 +11,20 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define NF_CPU_X86_MULTIVERSION 1
+#include "multiversion_cpu.h"
+
+#if NF_CPU_MULTIVERSION
 #include <immintrin.h>
-#else
-#define NF_CPU_X86_MULTIVERSION 0
 #endif
 
 namespace noisefast {
 namespace cpu {
 
-// The type CPU kernels compute in: float for float/float16/bfloat16 data, double for double.
-template <typename T> struct MathType { using type = float; };
-template <> struct MathType<double> { using type = double; };
-
-#if NF_CPU_X86_MULTIVERSION
+#if NF_CPU_MULTIVERSION
 // float16 <-> float32 eight at a time with F16C (round to nearest even, as c10::Half does). Without
 // CPU_CAPABILITY_AVX2 defined, c10::Half converts with scalar bit manipulation that the compiler
 // does not vectorise: three times slower than the memory traffic here.
-inline __attribute__((target("avx2,fma,f16c"))) void half_to_float_f16c(const c10::Half* src, float* dst, int64_t m) {
+NF_TARGET_AVX2 inline void half_to_float_f16c(const c10::Half* src, float* dst, int64_t m) {
   int64_t j = 0;
   for (; j + 8 <= m; j += 8) {
     _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
@@ -37,7 +32,7 @@ inline __attribute__((target("avx2,fma,f16c"))) void half_to_float_f16c(const c1
   for (; j < m; ++j) dst[j] = static_cast<float>(src[j]);
 }
 
-inline __attribute__((target("avx2,fma,f16c"))) void float_to_half_f16c(const float* src, c10::Half* dst, int64_t m) {
+NF_TARGET_AVX2 inline void float_to_half_f16c(const float* src, c10::Half* dst, int64_t m) {
   int64_t j = 0;
   for (; j + 8 <= m; j += 8) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
@@ -48,7 +43,7 @@ inline __attribute__((target("avx2,fma,f16c"))) void float_to_half_f16c(const fl
 
 // float32 -> bfloat16 eight at a time: c10::BFloat16's rounding (to nearest even; NaN -> 0x7FC0),
 // whose scalar NaN branch keeps the compiler from vectorising it.
-inline __attribute__((target("avx2,fma,f16c"))) void float_to_bfloat16_avx2(const float* src, c10::BFloat16* dst,
+NF_TARGET_AVX2 inline void float_to_bfloat16_avx2(const float* src, c10::BFloat16* dst,
                                                                      int64_t m) {
   int64_t j = 0;
   const __m256i one = _mm256_set1_epi32(1), half_ulp = _mm256_set1_epi32(0x7FFF), nan = _mm256_set1_epi32(0x7FC0);
@@ -66,19 +61,19 @@ inline __attribute__((target("avx2,fma,f16c"))) void float_to_bfloat16_avx2(cons
 }
 #endif
 
-template <bool kF16C, typename T, typename acc_t>
-__attribute__((always_inline)) inline void widen(const T* src, acc_t* dst, int64_t m) {
-#if NF_CPU_X86_MULTIVERSION
-  if constexpr (kF16C && std::is_same<T, c10::Half>::value) return half_to_float_f16c(src, dst, m);
+template <bool kAvx2, typename T, typename acc_t>
+NF_ALWAYS_INLINE void widen(const T* src, acc_t* dst, int64_t m) {
+#if NF_CPU_MULTIVERSION
+  if constexpr (kAvx2 && std::is_same<T, c10::Half>::value) return half_to_float_f16c(src, dst, m);
 #endif
   for (int64_t j = 0; j < m; ++j) dst[j] = static_cast<acc_t>(src[j]);
 }
 
-template <bool kF16C, typename T, typename acc_t>
-__attribute__((always_inline)) inline void narrow(const acc_t* src, T* dst, int64_t m) {
-#if NF_CPU_X86_MULTIVERSION
-  if constexpr (kF16C && std::is_same<T, c10::Half>::value) return float_to_half_f16c(src, dst, m);
-  if constexpr (kF16C && std::is_same<T, c10::BFloat16>::value) return float_to_bfloat16_avx2(src, dst, m);
+template <bool kAvx2, typename T, typename acc_t>
+NF_ALWAYS_INLINE void narrow(const acc_t* src, T* dst, int64_t m) {
+#if NF_CPU_MULTIVERSION
+  if constexpr (kAvx2 && std::is_same<T, c10::Half>::value) return float_to_half_f16c(src, dst, m);
+  if constexpr (kAvx2 && std::is_same<T, c10::BFloat16>::value) return float_to_bfloat16_avx2(src, dst, m);
 #endif
   for (int64_t j = 0; j < m; ++j) dst[j] = static_cast<T>(src[j]);
 }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "multiversion_cpu.h"
 #include "noisefast/philox.h"
 #include "vector_math_cpu.h"
 
@@ -25,10 +26,8 @@ constexpr int64_t kBlocksPerTask = 4096;                      // parallel grain,
 
 // z[0 .. 4*count) = elements 4*q0 .. 4*(q0+count) - 1 of the normal stream, count <= kChunkBlocks.
 // (A whole chunk of Philox blocks is computed even when count is smaller: fixed trip counts vectorise.)
-#if defined(__x86_64__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static inline void normal_chunk(uint64_t seed, uint64_t stream, uint64_t q0, int count, float* __restrict__ z) {
+NF_ALWAYS_INLINE void normal_chunk_body(uint64_t seed, uint64_t stream, uint64_t q0, int count,
+                                        float* __restrict__ z) {
   // Philox over the chunk one round at a time (the same rounds as philox4x32_10, scheduled so
   // that each round is one vector loop over the blocks).
   alignas(64) uint32_t c0[kChunkBlocks], c1[kChunkBlocks], c2[kChunkBlocks], c3[kChunkBlocks];
@@ -65,6 +64,26 @@ static inline void normal_chunk(uint64_t seed, uint64_t stream, uint64_t q0, int
   }
 }
 
+inline void normal_chunk_baseline(uint64_t seed, uint64_t stream, uint64_t q0, int count, float* z) {
+  normal_chunk_body(seed, stream, q0, count, z);
+}
+
+#if NF_CPU_MULTIVERSION
+NF_TARGET_AVX2 inline void normal_chunk_avx2(uint64_t seed, uint64_t stream, uint64_t q0, int count, float* z) {
+  normal_chunk_body(seed, stream, q0, count, z);
+}
+#endif
+
+using NormalChunkFn = void (*)(uint64_t, uint64_t, uint64_t, int, float*);
+
+// The copy of normal_chunk this CPU runs (multiversion_cpu.h).
+inline NormalChunkFn normal_chunk_fn() {
+#if NF_CPU_MULTIVERSION
+  if (cpu_has_avx2()) return &normal_chunk_avx2;
+#endif
+  return &normal_chunk_baseline;
+}
+
 // Calls body(i0, i1, z) for consecutive element ranges covering [0, n), in parallel, where
 // z[s][k] is element offset + i0 + k of normal stream streams[s] under seed (one std::array of
 // pointers, one per stream). Each range holds at most kChunkNormals elements; body must only
@@ -76,6 +95,7 @@ void for_each_noise_chunk(int64_t n, uint64_t seed, const std::array<uint64_t, k
   const uint64_t first_block = offset / kNormalsPerBlock;
   const int64_t num_blocks =
       static_cast<int64_t>((offset + static_cast<uint64_t>(n) - 1) / kNormalsPerBlock + 1 - first_block);
+  const NormalChunkFn normal_chunk = normal_chunk_fn();
   at::parallel_for(0, num_blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
     alignas(64) float z[kStreams][kChunkNormals];
     for (int64_t k = begin; k < end; k += kChunkBlocks) {

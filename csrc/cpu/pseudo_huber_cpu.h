@@ -1,5 +1,6 @@
-// noisefast_C::pseudo_huber_forward / pseudo_huber_backward on the CPU (semantics in
-// noisefast/ops/pseudo_huber.py, math in noisefast/pseudo_huber.h).
+// CPU kernels of noisefast_C::pseudo_huber_forward / pseudo_huber_backward (semantics in
+// noisefast/ops/pseudo_huber.py, math in csrc/include/noisefast/pseudo_huber.h). Called by
+// csrc/ops/pseudo_huber.cpp, which checks the arguments and allocates the outputs.
 //
 // Forward: one read of input and target. Each parallel task sums the squared differences (or the
 // per-element terms) of one chunk of one sample into a partial; the partials of a sample are then
@@ -8,22 +9,25 @@
 //
 // Both kernels take input and target "sample-blocked" (sample b is one dense run of D elements at
 // b * D; the order inside a sample is free, so channels-last tensors need no copy) and with equal
-// strides; the op layer arranges that. Gradients come out in the layout of input.
+// strides; the op layer arranges that (noisefast/_layout.py). Gradients come out in the layout of
+// input.
+#pragma once
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <tuple>
+#include <cstdint>
 #include <vector>
 
+#include "multiversion_cpu.h"
+#include "noisefast/math_type.h"
 #include "noisefast/pseudo_huber.h"
-#include "noisefast/torch_checks.h"
+#include "noisefast/sample_chunks.h"
 
 namespace noisefast {
-namespace {
+namespace cpu {
 
 // Elements per parallel task: ~64 KiB per fp32 input, so the split costs nothing and a 1M-element
 // sample still spreads over many threads.
@@ -35,32 +39,14 @@ constexpr int kLanes = 16;
 // each lane then adds at most 256 terms, which keeps float32 rounding error near 1e-6 relative.
 constexpr int64_t kInnerElements = 4096;
 
-template <typename scalar_t>
-using acc_type = at::opmath_type<scalar_t>;
-
-// The hot loops are compiled twice on x86: for the build's baseline (x86-64: SSE2, 4 floats per
-// instruction) and for AVX2 + FMA (8 floats), the copy used where the CPU has it. The loop bodies
-// are inline templates, so each copy is vectorised for its own instruction set.
-#if defined(__GNUC__) && defined(__x86_64__)
-#define NF_AVX2_CLONES 1
-#define NF_TARGET_AVX2 __attribute__((target("avx2,fma")))
-// Forced, so the loop bodies are compiled inside each clone rather than called from it.
-#define NF_INLINE inline __attribute__((always_inline))
-bool use_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-#else
-#define NF_AVX2_CLONES 0
-#define NF_INLINE inline
-bool use_avx2() { return false; }
-#endif
+// The hot loops are compiled twice (multiversion_cpu.h): the loop bodies below are forced-inline
+// templates, so the baseline and the AVX2 + FMA copy each vectorise them for their own instruction set.
 
 // Sum over i < n of f(a[i] - b[i]) in the math type, lane-wise.
 template <typename scalar_t, typename F>
-NF_INLINE acc_type<scalar_t> lane_sum(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+NF_ALWAYS_INLINE math_t<scalar_t> lane_sum(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                                       int64_t n, const F& f) {
-  using acc_t = acc_type<scalar_t>;
+  using acc_t = math_t<scalar_t>;
   acc_t lanes[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -77,7 +63,7 @@ NF_INLINE acc_type<scalar_t> lane_sum(const scalar_t* __restrict__ a, const scal
 }
 
 template <typename scalar_t, typename F>
-NF_INLINE double chunk_sum(const scalar_t* a, const scalar_t* b, int64_t n, const F& f) {
+NF_ALWAYS_INLINE double chunk_sum(const scalar_t* a, const scalar_t* b, int64_t n, const F& f) {
   double total = 0;
   for (int64_t start = 0; start < n; start += kInnerElements) {
     total += static_cast<double>(lane_sum(a + start, b + start, std::min(kInnerElements, n - start), f));
@@ -87,70 +73,57 @@ NF_INLINE double chunk_sum(const scalar_t* a, const scalar_t* b, int64_t n, cons
 
 // The forward pass over one chunk: the sum of e^2 (per sample) or of the terms (per element).
 template <bool kPerSample, typename scalar_t>
-NF_INLINE double forward_chunk(const scalar_t* a, const scalar_t* b, int64_t n, acc_type<scalar_t> c) {
-  using acc_t = acc_type<scalar_t>;
+NF_ALWAYS_INLINE double forward_chunk(const scalar_t* a, const scalar_t* b, int64_t n, math_t<scalar_t> c) {
+  using acc_t = math_t<scalar_t>;
   if (kPerSample) return chunk_sum(a, b, n, [](acc_t e) { return e * e; });
   return chunk_sum(a, b, n, [c](acc_t e) { return pseudo_huber_term(e * e, c); });
 }
 
 template <bool kPerSample, typename scalar_t>
-double forward_chunk_baseline(const scalar_t* a, const scalar_t* b, int64_t n, acc_type<scalar_t> c) {
+double forward_chunk_baseline(const scalar_t* a, const scalar_t* b, int64_t n, math_t<scalar_t> c) {
   return forward_chunk<kPerSample>(a, b, n, c);
 }
 
-#if NF_AVX2_CLONES
+#if NF_CPU_MULTIVERSION
 template <bool kPerSample, typename scalar_t>
-NF_TARGET_AVX2 double forward_chunk_avx2(const scalar_t* a, const scalar_t* b, int64_t n, acc_type<scalar_t> c) {
+NF_TARGET_AVX2 double forward_chunk_avx2(const scalar_t* a, const scalar_t* b, int64_t n, math_t<scalar_t> c) {
   return forward_chunk<kPerSample>(a, b, n, c);
 }
 #endif
 
 template <bool kPerSample, typename scalar_t>
-double forward_chunk_best(bool avx2, const scalar_t* a, const scalar_t* b, int64_t n, acc_type<scalar_t> c) {
-#if NF_AVX2_CLONES
-  if (avx2) return forward_chunk_avx2<kPerSample>(a, b, n, c);
+using ForwardChunkFn = double (*)(const scalar_t*, const scalar_t*, int64_t, math_t<scalar_t>);
+
+template <bool kPerSample, typename scalar_t>
+ForwardChunkFn<kPerSample, scalar_t> forward_chunk_fn() {
+#if NF_CPU_MULTIVERSION
+  if (cpu_has_avx2()) return &forward_chunk_avx2<kPerSample, scalar_t>;
 #endif
-  return forward_chunk_baseline<kPerSample>(a, b, n, c);
+  return &forward_chunk_baseline<kPerSample, scalar_t>;
 }
 
-void check_pair(const at::Tensor& input, const at::Tensor& target) {
-  TORCH_CHECK(input.dim() >= 1, "noisefast: pseudo_huber: input needs a batch dimension");
-  TORCH_CHECK(input.sizes() == target.sizes(), "noisefast: pseudo_huber: target shape ", target.sizes(),
-              " differs from input shape ", input.sizes());
-  TORCH_CHECK(input.scalar_type() == target.scalar_type(), "noisefast: pseudo_huber: target dtype ",
-              target.scalar_type(), " differs from input dtype ", input.scalar_type());
-  TORCH_CHECK(sample_blocked(input) && same_layout(input, target),
-              "noisefast: pseudo_huber kernels need sample-blocked input and target with equal strides");
-}
-
-void check_per_sample(const at::Tensor& t, const at::Tensor& input, const char* what) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == input.size(0) && t.is_contiguous() &&
-                  t.scalar_type() == (input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
-              "noisefast: pseudo_huber_backward: ", what, " must be a contiguous [B] tensor in the math dtype");
-}
-
-at::Tensor pseudo_huber_forward_cpu(const at::Tensor& input, const at::Tensor& target, double c, bool per_sample) {
-  check_pair(input, target);
-  const at::ScalarType acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+// loss[b] (math dtype, [B]) = the per-sample loss of sample-blocked input and target with equal
+// strides, B >= 1 samples.
+inline void pseudo_huber_forward(const at::Tensor& input, const at::Tensor& target, double c, bool per_sample,
+                                 at::Tensor& loss) {
   const int64_t samples = input.size(0);
-  at::Tensor loss = at::empty({samples}, input.options().dtype(acc_dtype));
-  if (samples == 0) return loss;
   const int64_t elements = input.numel() / samples;
   const SampleChunks split(samples, elements, kTaskElements);
   std::vector<double> partial(split.tasks());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pseudo_huber_forward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
+    using acc_t = math_t<scalar_t>;
     const scalar_t* a = input.const_data_ptr<scalar_t>();
     const scalar_t* b = target.const_data_ptr<scalar_t>();
     const acc_t c_acc = static_cast<acc_t>(c);
-    const bool avx2 = use_avx2();
+    const auto per_sample_chunk = forward_chunk_fn<true, scalar_t>();
+    const auto per_element_chunk = forward_chunk_fn<false, scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(elements, 1));
     at::parallel_for(0, split.tasks(), grain, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t offset = split.sample_of(task) * elements + split.begin_of(task);
         const int64_t n = split.end_of(task) - split.begin_of(task);
-        partial[task] = per_sample ? forward_chunk_best<true>(avx2, a + offset, b + offset, n, c_acc)
-                                   : forward_chunk_best<false>(avx2, a + offset, b + offset, n, c_acc);
+        partial[task] = per_sample ? per_sample_chunk(a + offset, b + offset, n, c_acc)
+                                   : per_element_chunk(a + offset, b + offset, n, c_acc);
       }
     });
     acc_t* out = loss.data_ptr<acc_t>();
@@ -161,16 +134,15 @@ at::Tensor pseudo_huber_forward_cpu(const at::Tensor& input, const at::Tensor& t
       out[s] = static_cast<acc_t>(per_sample ? pseudo_huber_term(total, c) : total / static_cast<double>(elements));
     }
   });
-  return loss;
 }
 
 // grad_input[i] = k_b * e_i (per sample, k_b = g_b / root_b) or k_b * e_i / sqrt(e_i^2 + c^2)
 // (per element, k_b = g_b / D); grad_target = -grad_input.
 template <bool kPerSample, bool kInput, bool kTarget, typename scalar_t>
-NF_INLINE void backward_run(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-                            scalar_t* __restrict__ ga, scalar_t* __restrict__ gt, int64_t n, acc_type<scalar_t> k,
-                            acc_type<scalar_t> c) {
-  using acc_t = acc_type<scalar_t>;
+NF_ALWAYS_INLINE void backward_run(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                            scalar_t* __restrict__ ga, scalar_t* __restrict__ gt, int64_t n, math_t<scalar_t> k,
+                            math_t<scalar_t> c) {
+  using acc_t = math_t<scalar_t>;
   for (int64_t i = 0; i < n; ++i) {
     const acc_t e = static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]);
     const acc_t g = kPerSample ? k * e : k * pseudo_huber_element_grad(e, c);
@@ -181,27 +153,27 @@ NF_INLINE void backward_run(const scalar_t* __restrict__ a, const scalar_t* __re
 
 template <bool kPerSample, bool kInput, bool kTarget, typename scalar_t>
 void backward_run_baseline(const scalar_t* a, const scalar_t* b, scalar_t* ga, scalar_t* gt, int64_t n,
-                           acc_type<scalar_t> k, acc_type<scalar_t> c) {
+                           math_t<scalar_t> k, math_t<scalar_t> c) {
   backward_run<kPerSample, kInput, kTarget>(a, b, ga, gt, n, k, c);
 }
 
-#if NF_AVX2_CLONES
+#if NF_CPU_MULTIVERSION
 template <bool kPerSample, bool kInput, bool kTarget, typename scalar_t>
 NF_TARGET_AVX2 void backward_run_avx2(const scalar_t* a, const scalar_t* b, scalar_t* ga, scalar_t* gt, int64_t n,
-                                      acc_type<scalar_t> k, acc_type<scalar_t> c) {
+                                      math_t<scalar_t> k, math_t<scalar_t> c) {
   backward_run<kPerSample, kInput, kTarget>(a, b, ga, gt, n, k, c);
 }
 #endif
 
 template <bool kPerSample, bool kInput, bool kTarget, typename scalar_t>
-void backward_all(const scalar_t* a, const scalar_t* b, scalar_t* ga, scalar_t* gt, const acc_type<scalar_t>* grad,
-                  const acc_type<scalar_t>* loss, int64_t samples, int64_t elements, acc_type<scalar_t> c) {
-  using acc_t = acc_type<scalar_t>;
+void backward_all(const scalar_t* a, const scalar_t* b, scalar_t* ga, scalar_t* gt, const math_t<scalar_t>* grad,
+                  const math_t<scalar_t>* loss, int64_t samples, int64_t elements, math_t<scalar_t> c) {
+  using acc_t = math_t<scalar_t>;
   const SampleChunks split(samples, elements, kTaskElements);
   const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(elements, 1));
   auto run = backward_run_baseline<kPerSample, kInput, kTarget, scalar_t>;
-#if NF_AVX2_CLONES
-  if (use_avx2()) run = backward_run_avx2<kPerSample, kInput, kTarget, scalar_t>;
+#if NF_CPU_MULTIVERSION
+  if (cpu_has_avx2()) run = backward_run_avx2<kPerSample, kInput, kTarget, scalar_t>;
 #endif
   at::parallel_for(0, split.tasks(), grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -229,21 +201,16 @@ void backward_dispatch(bool per_sample, bool want_input, bool want_target, Args.
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> pseudo_huber_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
-                                                             const at::Tensor& target, const at::Tensor& loss,
-                                                             double c, bool per_sample, bool want_input,
-                                                             bool want_target) {
-  check_pair(input, target);
-  check_per_sample(grad, input, "grad");
-  check_per_sample(loss, input, "loss");
-  // empty_like keeps the (dense) layout of input, so gradient element i sits where input's does.
-  at::Tensor grad_input = want_input ? at::empty_like(input) : at::empty({0}, input.options());
-  at::Tensor grad_target = want_target ? at::empty_like(input) : at::empty({0}, input.options());
+// grad_input and grad_target (input's layout; each defined only when wanted, at least one is) from
+// the per-sample incoming gradient and loss ([B], math dtype); input has elements.
+inline void pseudo_huber_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target,
+                                  const at::Tensor& loss, double c, bool per_sample, at::Tensor& grad_input,
+                                  at::Tensor& grad_target) {
+  const bool want_input = grad_input.defined(), want_target = grad_target.defined();
   const int64_t samples = input.size(0);
-  if (input.numel() == 0 || !(want_input || want_target)) return {grad_input, grad_target};
   const int64_t elements = input.numel() / samples;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pseudo_huber_backward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
+    using acc_t = math_t<scalar_t>;
     backward_dispatch<scalar_t>(per_sample, want_input, want_target, input.const_data_ptr<scalar_t>(),
                                 target.const_data_ptr<scalar_t>(),
                                 want_input ? grad_input.data_ptr<scalar_t>() : nullptr,
@@ -251,20 +218,7 @@ std::tuple<at::Tensor, at::Tensor> pseudo_huber_backward_cpu(const at::Tensor& g
                                 grad.const_data_ptr<acc_t>(), loss.const_data_ptr<acc_t>(), samples, elements,
                                 static_cast<acc_t>(c));
   });
-  return {grad_input, grad_target};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(noisefast_C, m) {
-  m.def("pseudo_huber_forward(Tensor input, Tensor target, float c, bool per_sample) -> Tensor");
-  m.def("pseudo_huber_backward(Tensor grad, Tensor input, Tensor target, Tensor loss, float c, bool per_sample, "
-        "bool want_input, bool want_target) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(noisefast_C, CPU, m) {
-  m.impl("pseudo_huber_forward", &pseudo_huber_forward_cpu);
-  m.impl("pseudo_huber_backward", &pseudo_huber_backward_cpu);
-}
-
+}  // namespace cpu
 }  // namespace noisefast

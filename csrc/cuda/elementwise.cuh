@@ -1,5 +1,5 @@
-// Device-side helpers shared by the element-wise CUDA kernels: math types, conversions, vector
-// access of four elements, launch geometry, and the dtype switch.
+// Device-side helpers shared by the CUDA kernels: conversions to and from the math type
+// (noisefast/math_type.h), vector access of four elements, launch geometry, and the dtype switch.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,31 +8,31 @@
 #include <stdint.h>
 
 #include "noisefast/dtype.h"
+#include "noisefast/math_type.h"
 
 namespace noisefast {
 namespace cuda {
 
-template <typename T> struct OpMath { using type = float; };
-template <> struct OpMath<double> { using type = double; };
-template <typename T> using opmath_t = typename OpMath<T>::type;
+// A stored value in its math type, and back (rounded once, to nearest even).
+__device__ __forceinline__ float to_math(float v) { return v; }
+__device__ __forceinline__ double to_math(double v) { return v; }
+__device__ __forceinline__ float to_math(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_math(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-__device__ __forceinline__ float to_opmath(float v) { return v; }
-__device__ __forceinline__ double to_opmath(double v) { return v; }
-__device__ __forceinline__ float to_opmath(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_opmath(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_opmath(opmath_t<T> v);
-template <> __device__ __forceinline__ float from_opmath<float>(float v) { return v; }
-template <> __device__ __forceinline__ double from_opmath<double>(double v) { return v; }
-template <> __device__ __forceinline__ __half from_opmath<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float v) {
+template <typename T> __device__ __forceinline__ T from_math(math_t<T> v);
+template <> __device__ __forceinline__ float from_math<float>(float v) { return v; }
+template <> __device__ __forceinline__ double from_math<double>(double v) { return v; }
+template <> __device__ __forceinline__ __half from_math<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_math<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
 // Four consecutive elements, aligned so that one instruction moves them when the address allows.
 template <typename T> struct alignas(4 * sizeof(T)) Pack4 { T v[4]; };
 
-template <typename T> inline bool is_pack4_aligned(const void* p) {
+// Whether p may be read or written as a Pack4<T>: on the host before a launch (whole tensors), or
+// on the device for a chunk of one (multi_tensor_apply).
+template <typename T> __host__ __device__ __forceinline__ bool is_pack4_aligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % sizeof(Pack4<T>) == 0;
 }
 

@@ -2,7 +2,7 @@
 // list, through multi_tensor_apply. Each block reads a chunk of one weight once and updates the
 // chunk of each of its (up to kEmaProfilesPerPass) shadows; math in float (double for float64).
 #include "elementwise.cuh"
-#include "ema_launchers.h"
+#include "ema_update_launcher.h"
 #include "multi_tensor_apply.cuh"
 
 namespace noisefast {
@@ -12,11 +12,6 @@ namespace {
 
 constexpr int kEmaProfilesPerPass = 4;
 constexpr int kEmaIlp = 2;  // packs of four elements each thread holds in flight per profile
-
-template <typename T>
-__device__ __forceinline__ bool pack4_aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % sizeof(Pack4<T>) == 0;
-}
 
 struct EmaDecays {
   double host[kEmaProfilesPerPass];  // used when device is null
@@ -35,16 +30,16 @@ struct EmaDecays {
 // One chunk: x[0..n) read once; shadow[p][0..n) updated for p < P.
 template <int P, typename E, typename X, typename Meta>
 __device__ __forceinline__ void ema_chunk(const Meta& meta, int t, int64_t start, int64_t n, const EmaDecays& decays) {
-  using acc_t = opmath_t<E>;
+  using acc_t = math_t<E>;
   const X* __restrict__ x = static_cast<const X*>(meta.ptrs[0][t]) + start;
   E* e[P];
   acc_t w[P];
-  bool aligned = pack4_aligned<X>(x);
+  bool aligned = is_pack4_aligned<X>(x);
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     e[p] = static_cast<E*>(meta.ptrs[p + 1][t]) + start;
     w[p] = decays.weight<acc_t>(p);
-    aligned = aligned && pack4_aligned<E>(e[p]);
+    aligned = aligned && is_pack4_aligned<E>(e[p]);
   }
   int64_t scalar_from = 0;
   if (aligned) {
@@ -72,8 +67,8 @@ __device__ __forceinline__ void ema_chunk(const Meta& meta, int t, int64_t start
           for (int p = 0; p < P; ++p) {
 #pragma unroll
             for (int lane = 0; lane < 4; ++lane) {
-              es[p][u].v[lane] = from_opmath<E>(
-                  ema_blend<acc_t>(to_opmath(es[p][u].v[lane]), to_opmath(xs[u].v[lane]), w[p]));
+              es[p][u].v[lane] = from_math<E>(
+                  ema_blend<acc_t>(to_math(es[p][u].v[lane]), to_math(xs[u].v[lane]), w[p]));
             }
             reinterpret_cast<Pack4<E>*>(e[p])[k] = es[p][u];
           }
@@ -83,9 +78,9 @@ __device__ __forceinline__ void ema_chunk(const Meta& meta, int t, int64_t start
     scalar_from = packs * 4;
   }
   for (int64_t j = scalar_from + threadIdx.x; j < n; j += blockDim.x) {
-    const acc_t xj = to_opmath(x[j]);
+    const acc_t xj = to_math(x[j]);
 #pragma unroll
-    for (int p = 0; p < P; ++p) e[p][j] = from_opmath<E>(ema_blend<acc_t>(to_opmath(e[p][j]), xj, w[p]));
+    for (int p = 0; p < P; ++p) e[p][j] = from_math<E>(ema_blend<acc_t>(to_math(e[p][j]), xj, w[p]));
   }
 }
 

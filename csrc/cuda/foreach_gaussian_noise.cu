@@ -1,6 +1,7 @@
-// add_noise_ / noisy_copies on CUDA: dst = src + std_i * z over a list of tensors through
-// multi_tensor_apply (one launch for up to 89 tensors of any dtypes). Each thread turns one Philox
-// block into four normals (philox.h) and applies them to four consecutive elements (noise.h).
+// foreach_gaussian_noise_ / foreach_gaussian_noise on CUDA: dst = src + std_i * z over a list of
+// tensors through multi_tensor_apply (one launch for as many tensors of any dtypes as its 4 KiB of
+// arguments can describe). Each thread turns one Philox block into four normals (philox.h) and
+// applies them to four consecutive elements (gaussian_noise.h).
 //
 // Per-tensor values beyond pointers (the stream base and the std) travel in two extra pointer
 // slots of multi_tensor_apply's metadata, bit-cast to and from 64-bit integers: the metadata is a
@@ -8,10 +9,10 @@
 // under CUDA-graph capture, while multi_tensor_apply.cuh stays generic.
 #include <string.h>
 
-#include "add_noise_launchers.h"
 #include "elementwise.cuh"
+#include "foreach_gaussian_noise_launcher.h"
 #include "multi_tensor_apply.cuh"
-#include "noisefast/noise.h"
+#include "noisefast/gaussian_noise.h"
 #include "noisefast/philox.h"
 #include "noisefast/streams.h"
 
@@ -34,15 +35,9 @@ __device__ __forceinline__ uint64_t unpack_u64(const void* p) {
   return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p));
 }
 
-// elementwise.cuh's is_pack4_aligned is host-only; the chunk offsets here are known on the device.
-template <typename T>
-__device__ __forceinline__ bool pack4_aligned_on_device(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % sizeof(Pack4<T>) == 0;
-}
-
 __device__ __forceinline__ double unpack_f64(const void* p) { return __longlong_as_double(static_cast<long long>(unpack_u64(p))); }
 
-struct AddNoiseFunctor {
+struct ForeachGaussianNoiseFunctor {
   const int64_t* seed;
   const void* std_device;  // null: each tensor's std is in its kSlotStd slot
   bool std_device_is_double;
@@ -57,7 +52,7 @@ struct AddNoiseFunctor {
   // Elements [start, start + n) of tensor t; start is a multiple of kMtaChunk, hence of 4.
   template <typename T, typename Meta>
   __device__ __forceinline__ void chunk(const Meta& meta, int t, int64_t start, int64_t n) const {
-    using acc_t = opmath_t<T>;
+    using acc_t = math_t<T>;
     const T* src = static_cast<const T*>(meta.ptrs[kSlotSrc][t]) + start;
     T* dst = static_cast<T*>(meta.ptrs[kSlotDst][t]) + start;
     const acc_t s = sigma<acc_t>(meta.ptrs[kSlotStd][t]);
@@ -70,7 +65,7 @@ struct AddNoiseFunctor {
     const uint64_t seed_value = static_cast<uint64_t>(*seed);
     const uint64_t q0 = (unpack_u64(meta.ptrs[kSlotBase][t]) + static_cast<uint64_t>(start)) / kNormalsPerBlock;
     const int64_t blocks = (n + kNormalsPerBlock - 1) / kNormalsPerBlock;
-    const bool aligned = pack4_aligned_on_device<T>(src) && pack4_aligned_on_device<T>(dst);
+    const bool aligned = is_pack4_aligned<T>(src) && is_pack4_aligned<T>(dst);
     for (int64_t k = threadIdx.x; k < blocks; k += blockDim.x) {
       const Normal4 z = normal4(seed_value, kStreamNoise, q0 + static_cast<uint64_t>(k));
       const int64_t j = k * kNormalsPerBlock;
@@ -79,13 +74,13 @@ struct AddNoiseFunctor {
         Pack4<T> out;
 #pragma unroll
         for (int lane = 0; lane < kNormalsPerBlock; ++lane) {
-          out.v[lane] = from_opmath<T>(add_scaled_normal<acc_t>(to_opmath(in.v[lane]), s, z.z[lane]));
+          out.v[lane] = from_math<T>(add_scaled_normal<acc_t>(to_math(in.v[lane]), s, z.z[lane]));
         }
         *reinterpret_cast<Pack4<T>*>(dst + j) = out;
       } else {
 #pragma unroll
         for (int lane = 0; lane < kNormalsPerBlock; ++lane) {
-          if (j + lane < n) dst[j + lane] = from_opmath<T>(add_scaled_normal<acc_t>(to_opmath(src[j + lane]), s, z.z[lane]));
+          if (j + lane < n) dst[j + lane] = from_math<T>(add_scaled_normal<acc_t>(to_math(src[j + lane]), s, z.z[lane]));
         }
       }
     }
@@ -105,9 +100,9 @@ struct AddNoiseFunctor {
 
 }  // namespace
 
-cudaError_t launch_add_noise(const AddNoiseOperands& ops, cudaStream_t stream) {
+cudaError_t launch_foreach_gaussian_noise(const ForeachGaussianNoiseOperands& ops, cudaStream_t stream) {
   if (ops.num_tensors <= 0) return cudaSuccess;
-  AddNoiseFunctor functor{ops.seed_device, ops.std_device, ops.std_device_is_double};
+  ForeachGaussianNoiseFunctor functor{ops.seed_device, ops.std_device, ops.std_device_is_double};
   auto pointer_of = [&](int d, int64_t i) -> void* {
     switch (d) {
       case kSlotSrc: return const_cast<void*>(ops.src[i]);
@@ -116,7 +111,7 @@ cudaError_t launch_add_noise(const AddNoiseOperands& ops, cudaStream_t stream) {
       default: return pack_f64(ops.stds != nullptr ? ops.stds[i] : 0.0);
     }
   };
-  constexpr int kMaxTensors = mta_max_tensors<kSlots, sizeof(AddNoiseFunctor)>();
+  constexpr int kMaxTensors = mta_max_tensors<kSlots, sizeof(ForeachGaussianNoiseFunctor)>();
   return multi_tensor_apply<kSlots, kMaxTensors>(ops.num_tensors, ops.numels, ops.dtypes, pointer_of, functor, stream);
 }
 

@@ -1,6 +1,6 @@
 // The portable normal stream on CUDA: each thread computes one Philox block (four normals).
 #include "elementwise.cuh"
-#include "launchers.h"
+#include "randn_launcher.h"
 #include "noisefast/philox.h"
 
 namespace noisefast {
@@ -21,13 +21,13 @@ __global__ void randn_kernel(scalar_t* __restrict__ out, int64_t n, const int64_
     if (kAligned && base + kNormalsPerBlock <= n) {  // kAligned implies offset % 4 == 0, so base >= 0
       Pack4<scalar_t> pack;
 #pragma unroll
-      for (int lane = 0; lane < kNormalsPerBlock; ++lane) pack.v[lane] = from_opmath<scalar_t>(z.z[lane]);
+      for (int lane = 0; lane < kNormalsPerBlock; ++lane) pack.v[lane] = from_math<scalar_t>(z.z[lane]);
       *reinterpret_cast<Pack4<scalar_t>*>(out + base) = pack;
     } else {
 #pragma unroll
       for (int lane = 0; lane < kNormalsPerBlock; ++lane) {
         const int64_t i = base + lane;
-        if (i >= 0 && i < n) out[i] = from_opmath<scalar_t>(z.z[lane]);
+        if (i >= 0 && i < n) out[i] = from_math<scalar_t>(z.z[lane]);
       }
     }
   }

@@ -1,5 +1,7 @@
-// Kernel-side argument checks shared by the CPU kernels and the CUDA glue (both .cpp, never .cu).
-// messages that name the user's arguments; these checks guard the kernels' own preconditions.
+// Torch-facing helpers shared by the ops' C++ files (csrc/ops/*.cpp): the kernels' dtype codes, the
+// math dtype of torch tensors, seeds, and the layout checks of the per-sample kernels. The
+// user-facing checks, whose messages name the user's arguments, are in Python (noisefast/ops/) or in
+// each op's file; these guard the kernels' own preconditions.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,6 +11,10 @@
 #include "noisefast/dtype.h"
 
 namespace noisefast {
+
+inline bool is_float_dtype(at::ScalarType s) {
+  return s == at::kFloat || s == at::kHalf || s == at::kBFloat16 || s == at::kDouble;
+}
 
 // The kernels' dtype code of a tensor (see dtype.h); raises for dtypes no kernel supports.
 inline DType dtype_of(const at::Tensor& t) {
@@ -22,18 +28,27 @@ inline DType dtype_of(const at::Tensor& t) {
   }
 }
 
-inline uint64_t read_seed_on_cpu(const at::Tensor& seed) {
+// The dtype kernels compute in for data of dtype `data` (noisefast/math_type.h, as a ScalarType).
+inline at::ScalarType math_scalar_type(at::ScalarType data) {
+  return data == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_seed(const at::Tensor& seed) {
   TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1,
               "noisefast: seed must be a one-element int64 tensor, got ", seed.scalar_type(),
               " with ", seed.numel(), " elements");
+}
+
+// The seed's value, for a CPU kernel (which reads it on the host).
+inline uint64_t read_seed_on_cpu(const at::Tensor& seed) {
+  check_seed(seed);
   TORCH_CHECK(seed.device().is_cpu(), "noisefast: seed must be on the CPU for a CPU kernel");
   return static_cast<uint64_t>(seed.item<int64_t>());
 }
 
+// For a CUDA kernel, which reads the seed in device memory (no host sync, CUDA-graph safe).
 inline void check_seed_on(const at::Tensor& seed, const at::Tensor& like) {
-  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1,
-              "noisefast: seed must be a one-element int64 tensor, got ", seed.scalar_type(),
-              " with ", seed.numel(), " elements");
+  check_seed(seed);
   TORCH_CHECK(seed.device() == like.device(), "noisefast: seed is on ", seed.device(),
               " but the data is on ", like.device());
 }
@@ -43,7 +58,8 @@ inline void check_nonnegative(int64_t value, const char* name) {
 }
 
 // Whether each sample (index of dim 0) of t is one dense block of memory: contiguous and
-// channels-last tensors are, so per-sample kernels can read them without a copy.
+// channels-last tensors are, so per-sample kernels can read them without a copy
+// (noisefast/_layout.py arranges it).
 inline bool sample_blocked(const at::Tensor& t) {
   if (t.numel() == 0) return true;
   const int64_t samples = t.size(0);

@@ -5,12 +5,14 @@
     c_skip = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2)
     c_out  = sigma_data * (sigma - sigma_min) / sqrt(sigma^2 + sigma_data^2)
 
-(Song et al. 2023, "Consistency Models", appendix C; iCT keeps it; formulas.md section 2). At
-sigma = sigma_min, c_skip = 1 and c_out = 0 exactly, so f(x, sigma_min) = x: the boundary condition
-holds by construction. The op ``noisefast::consistency_output`` reads raw and x once and writes the
-output once; its backward (``noisefast::consistency_output_backward``) writes grad_raw = c_out * g
-and grad_x = c_skip * g in one pass, and when sigma requires grad also reduces, per sample,
-d c_skip/d sigma * sum(g * x) + d c_out/d sigma * sum(g * raw).
+(Song et al. 2023, "Consistency Models", appendix C; iCT keeps it; docs/formulas.md, "Consistency
+parameterisation"). At sigma = sigma_min, c_skip = 1 and c_out = 0 exactly, so f(x, sigma_min) = x:
+the boundary condition holds by construction. The op ``noisefast::consistency_output_forward``
+reads raw and x once and writes the output once; its backward
+(``noisefast::consistency_output_backward``) writes grad_raw = c_out * g and grad_x = c_skip * g in
+one pass, and when sigma requires grad also reduces, per sample,
+d c_skip/d sigma * sum(g * x) + d c_out/d sigma * sum(g * raw). Autograd saves raw, x and sigma
+(alive in the graph anyway), nothing else. Layouts as for the pseudo-Huber loss (noisefast/_layout.py).
 """
 from __future__ import annotations
 
@@ -20,34 +22,18 @@ from typing import Tuple, Union
 
 import torch
 
+from .._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values, check_real
 from .._dtypes import math_dtype
+from .._layout import blocked_layout, like_layout
 from .._library import Kernels
-from ..reference.loss import consistency_scalings as _scalings_formula
-from ._checks import check_float_tensor, check_nonnegative_values
-from .pseudo_huber import blocked_layout, like_layout
-
-FORWARD = Kernels(
-    "consistency_output",
-    reference="noisefast.reference.loss:consistency_output_forward",
-    compiled="consistency_output",
-    triton="noisefast.triton.consistency_output:consistency_output_forward",
-    gpu_preference=("triton",),
-)
-BACKWARD = Kernels(
-    "consistency_output",
-    reference="noisefast.reference.loss:consistency_output_backward",
-    compiled="consistency_output_backward",
-    triton="noisefast.triton.consistency_output:consistency_output_backward",
-    gpu_preference=("triton",),
-)
 
 
 def _kernel_sigma(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return sigma.to(math_dtype(like.dtype)).contiguous()
 
 
-@torch.library.custom_op("noisefast::consistency_output", mutates_args=())
-def consistency_output_op(raw: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
+@torch.library.custom_op("noisefast::consistency_output_forward", mutates_args=())
+def consistency_output_forward_op(raw: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
                           sigma_min: float) -> torch.Tensor:
     """c_skip(sigma) * x + c_out(sigma) * raw; sigma is [1] (the whole batch) or [B]."""
     check_nonnegative_values(sigma, "sigma")
@@ -56,9 +42,13 @@ def consistency_output_op(raw: torch.Tensor, x: torch.Tensor, sigma: torch.Tenso
     return FORWARD(raw.device, raw, x, _kernel_sigma(sigma, raw), sigma_data, sigma_min)
 
 
-@consistency_output_op.register_fake
+@consistency_output_forward_op.register_fake
 def _(raw, x, sigma, sigma_data, sigma_min):
     return torch.empty_like(blocked_layout(raw))
+
+
+FORWARD = Kernels(consistency_output_forward_op, public="consistency_output",
+                  reference="noisefast.reference.consistency_output", triton="noisefast.triton.consistency_output")
 
 
 @torch.library.custom_op("noisefast::consistency_output_backward", mutates_args=())
@@ -82,6 +72,10 @@ def _(grad, raw, x, sigma, sigma_data, sigma_min, want_raw, want_x, want_sigma):
             sigma.new_empty(sigma.shape, dtype=math_dtype(raw.dtype)) if want_sigma else sigma.new_empty((0,)))
 
 
+BACKWARD = Kernels(consistency_output_backward_op, public="consistency_output",
+                   reference="noisefast.reference.consistency_output", triton="noisefast.triton.consistency_output")
+
+
 def _setup_context(ctx, inputs, output):
     raw, x, sigma, sigma_data, sigma_min = inputs
     ctx.sigma_data, ctx.sigma_min = sigma_data, sigma_min
@@ -99,23 +93,14 @@ def _backward(ctx, grad):
             grad_sigma.to(sigma.dtype) if want_sigma else None, None, None)
 
 
-consistency_output_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _check_positive(value, name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return value
+consistency_output_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _sigma_tensor(sigma, raw: torch.Tensor) -> torch.Tensor:
     """sigma as a [1] or [B] tensor on raw's device (a number becomes a [1] tensor, no gradient)."""
     samples = raw.shape[0]
     if not isinstance(sigma, torch.Tensor):
-        value = _check_positive(sigma, "sigma", allow_zero=True)
+        value = check_nonnegative_number(sigma, "sigma")
         return torch.full((1,), value, dtype=math_dtype(raw.dtype), device=raw.device)
     if not sigma.is_floating_point():
         raise TypeError(f"sigma must be a number or a float tensor, got {sigma.dtype}")
@@ -141,7 +126,7 @@ def consistency_output(raw: torch.Tensor, x: torch.Tensor, sigma: Union[float, t
     ``f(x, sigma) = c_skip(sigma) * x + c_out(sigma) * raw`` with
     c_skip = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2) and
     c_out = sigma_data (sigma - sigma_min) / sqrt(sigma^2 + sigma_data^2) (Song et al. 2023, iCT;
-    formulas.md section 2). The network itself usually sees ``c_in * x`` with
+    docs/formulas.md). The network itself usually sees ``c_in * x`` with
     c_in = 1 / sqrt(sigma^2 + sigma_data^2): see :func:`consistency_scalings`.
 
     Args:
@@ -172,13 +157,13 @@ def consistency_output(raw: torch.Tensor, x: torch.Tensor, sigma: Union[float, t
         raise ValueError(f"x must have raw's shape {tuple(raw.shape)}, got {tuple(x.shape)}")
     if x.device != raw.device:
         raise ValueError(f"x is on {x.device} but raw is on {raw.device}")
-    sigma_data = _check_positive(sigma_data, "sigma_data", allow_zero=False)
-    sigma_min = _check_positive(sigma_min, "sigma_min", allow_zero=True)
+    sigma_data = check_real(sigma_data, "sigma_data", positive=True)
+    sigma_min = check_real(sigma_min, "sigma_min", nonnegative=True)
     sigma = _sigma_tensor(sigma, raw)
     if x.dtype != raw.dtype:
         common = torch.promote_types(raw.dtype, x.dtype)
         raw, x = raw.to(common), x.to(common)
-    return consistency_output_op(raw, x, sigma, sigma_data, sigma_min)
+    return consistency_output_forward_op(raw, x, sigma, sigma_data, sigma_min)
 
 
 def consistency_scalings(sigma: Union[float, torch.Tensor], sigma_data: float = 0.5,
@@ -191,11 +176,17 @@ def consistency_scalings(sigma: Union[float, torch.Tensor], sigma_data: float = 
     input scaling (``net(c_in * x, sigma)``) or custom parameterisations. Floats for a number
     sigma, tensors (sigma's shape and dtype, differentiable) for a tensor sigma.
     """
-    sigma_data = _check_positive(sigma_data, "sigma_data", allow_zero=False)
-    sigma_min = _check_positive(sigma_min, "sigma_min", allow_zero=True)
+    sigma_data = check_real(sigma_data, "sigma_data", positive=True)
+    sigma_min = check_real(sigma_min, "sigma_min", nonnegative=True)
     if isinstance(sigma, torch.Tensor):
         if not sigma.is_floating_point():
             raise TypeError(f"sigma must be a number or a float tensor, got {sigma.dtype}")
+        sqrt = torch.sqrt
     elif isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
         raise TypeError(f"sigma must be a number or a float tensor, got {type(sigma).__name__}")
-    return _scalings_formula(sigma, sigma_data, sigma_min)
+    else:
+        sqrt = math.sqrt
+    data2 = sigma_data * sigma_data
+    shifted = sigma - sigma_min
+    norm = sqrt(sigma * sigma + data2)
+    return data2 / (shifted * shifted + data2), sigma_data * shifted / norm, 1 / norm

@@ -1,17 +1,20 @@
 """Fused EMA update over lists of tensors: ``ema = decay * ema + (1 - decay) * tensor``, in place.
 
-Ops ``noisefast::ema_update(ema_tensors, tensors, decay, decay_tensor)`` and
-``noisefast::ema_update_multi(ema_lists, tensors, decays, decay_tensor)`` (ema_lists flattened
+Ops ``noisefast::ema_update_(ema_tensors, tensors, decay, decay_tensor)`` and
+``noisefast::ema_update_multi_(ema_lists, tensors, decays, decay_tensor)`` (ema_lists flattened
 profile-major). One pass over all tensors: on CUDA one launch of a multi-tensor kernel
-(csrc/cuda/ema.cu; a few more when a list holds more tensors than one launch's 4 KiB of
+(csrc/cuda/ema_update.cu; a few more when a list holds more tensors than one launch's 4 KiB of
 arguments can describe), on the CPU one at::parallel_for over the tensors' elements laid end to
-end (csrc/cpu/ema_cpu.cpp). The per-element formula, shared by both, is
-csrc/include/noisefast/ema.h; noisefast/reference/ema.py is the specification.
+end (csrc/cpu/ema_update_cpu.cpp). The per-element formula, shared by both, is
+csrc/include/noisefast/ema_update.h; noisefast/reference/ema_update.py is the specification.
 
 Argument checks: the public functions check what costs O(1) (list types and lengths, a float
 decay); the per-tensor checks (shape, device, dtype pairing, layout) run in C++ before anything is
-written, about 50 ns per tensor instead of a Python loop's ~1 us, and raise the same ValueError /
-TypeError naming the user's argument.
+written (csrc/ops/ema_update.cpp), about 50 ns per tensor instead of a Python loop's ~1 us, and
+raise the same ValueError / TypeError naming the user's argument.
+
+Autograd: none. The shadows are updated under no_grad, like an optimizer step; eager calls bump
+their version counters (see Kernels.run_in_place).
 """
 from __future__ import annotations
 
@@ -21,14 +24,8 @@ from collections.abc import Sequence
 from typing import List, Optional, Union
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .._library import Kernels
-
-KERNELS = Kernels("ema_update", reference="noisefast.reference.ema:ema_update", compiled="ema_update",
-                  gpu_preference=("cuda",))
-KERNELS_MULTI = Kernels("ema_update_multi", reference="noisefast.reference.ema:ema_update_multi",
-                        compiled="ema_update_multi", gpu_preference=("cuda",))
 
 Decay = Union[float, torch.Tensor]
 
@@ -40,65 +37,44 @@ def _device(tensors: Sequence[torch.Tensor], emas: Sequence[torch.Tensor]) -> to
     return emas[0].device if emas else torch.device("cpu")
 
 
-@torch.library.custom_op("noisefast::ema_update", mutates_args=("ema_tensors",))
-def ema_update_op(ema_tensors: List[torch.Tensor], tensors: List[torch.Tensor], decay: float,
-                  decay_tensor: Optional[torch.Tensor]) -> None:
+@torch.library.custom_op("noisefast::ema_update_", mutates_args=("ema_tensors",))
+def ema_update_op_(ema_tensors: List[torch.Tensor], tensors: List[torch.Tensor], decay: float,
+                   decay_tensor: Optional[torch.Tensor]) -> None:
     """``ema_tensors[i] <- lerp(ema_tensors[i], tensors[i], 1 - d)``, d = decay_tensor (0-d, float32
     or float64, on the tensors' device or the CPU) when given, else decay."""
     KERNELS(_device(tensors, ema_tensors), ema_tensors, tensors, decay, decay_tensor)
 
 
-@ema_update_op.register_fake
+@ema_update_op_.register_fake
 def _(ema_tensors, tensors, decay, decay_tensor):
     return None
 
 
-@torch.library.custom_op("noisefast::ema_update_multi", mutates_args=("ema_lists",))
-def ema_update_multi_op(ema_lists: List[torch.Tensor], tensors: List[torch.Tensor], decays: List[float],
-                        decay_tensor: Optional[torch.Tensor]) -> None:
+KERNELS = Kernels(ema_update_op_, public="ema_update_", reference="noisefast.reference.ema_update", cuda=True)
+
+
+@torch.library.custom_op("noisefast::ema_update_multi_", mutates_args=("ema_lists",))
+def ema_update_multi_op_(ema_lists: List[torch.Tensor], tensors: List[torch.Tensor], decays: List[float],
+                         decay_tensor: Optional[torch.Tensor]) -> None:
     """P profiles at once: shadow p of tensor i is ema_lists[p * len(tensors) + i]; its decay is
     decays[p], or decay_tensor[p] (1-d, float32 or float64) when decay_tensor is given (decays
     then empty). Each tensor is read once."""
     KERNELS_MULTI(_device(tensors, ema_lists), ema_lists, tensors, decays, decay_tensor)
 
 
-@ema_update_multi_op.register_fake
+@ema_update_multi_op_.register_fake
 def _(ema_lists, tensors, decays, decay_tensor):
     return None
 
 
-def _increment_versions(tensors: List[torch.Tensor]) -> None:
-    try:
-        torch.autograd.graph.increment_version(tensors)
-    except TypeError:  # torch < 2.5 takes one tensor at a time
-        for t in tensors:
-            torch.autograd.graph.increment_version(t)
-
-
-def _apply(op, kernels: Kernels, emas: List[torch.Tensor], tensors: List[torch.Tensor], decay_arg,
-           decay_tensor: Optional[torch.Tensor]) -> None:
-    """Run one of the two ops on checked lists.
-
-    Traced (torch.compile), under a dispatch mode (fake tensors, export) or on other devices, this
-    is the custom op. In eager mode on CPU/CUDA tensors it calls the backend directly and bumps
-    the shadows' version counters itself: the custom op's Python layers (autograd,
-    ADInplaceOrView, backend) convert and walk the lists three times, ~2 us per tensor, which for
-    a 300-tensor model is ~0.7 ms per step, more than the CUDA kernel itself takes for 100M
-    parameters (torch._foreach_lerp_ pays ~0.1 ms).
-    """
-    device = _device(tensors, emas)
-    if (torch.compiler.is_compiling() or device.type not in ("cpu", "cuda")
-            or _get_current_dispatch_mode() is not None):
-        op(emas, tensors, decay_arg, decay_tensor)
-        return
-    kernels(device, emas, tensors, decay_arg, decay_tensor)
-    _increment_versions(emas)
+KERNELS_MULTI = Kernels(ema_update_multi_op_, public="ema_update_multi_",
+                        reference="noisefast.reference.ema_update", cuda=True)
 
 
 def run_ema_update(emas: List[torch.Tensor], tensors: List[torch.Tensor], decays: List[float],
                    decay_tensor: Optional[torch.Tensor]) -> None:
-    """``noisefast::ema_update_multi`` on lists the caller has checked (the EMA class's update)."""
-    _apply(ema_update_multi_op, KERNELS_MULTI, emas, tensors, decays, decay_tensor)
+    """``noisefast::ema_update_multi_`` on lists the caller has checked (the EMA class's update)."""
+    KERNELS_MULTI.run_in_place(_device(tensors, emas), emas, emas, tensors, decays, decay_tensor)
 
 
 def _tensor_list(value, name: str) -> List[torch.Tensor]:
@@ -134,8 +110,9 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
 
     Computed as ``ema_tensors[i].lerp_(tensors[i], 1 - decay)`` (bit for bit in float32; see
     noisefast/reference/ema.py for the rounding of the weight), in one fused pass over all tensors:
-    one CUDA launch for up to 137 tensors (a few launches for longer lists), one parallel loop on
-    the CPU. Exponential moving averages of weights: Polyak & Juditsky 1992; the usual form in
+    one CUDA launch for as many tensors as one launch's 4 KiB of kernel arguments can describe (a
+    few launches for longer lists; the capacity is derived in csrc/cuda/multi_tensor_apply.cuh,
+    mta_max_tensors), one parallel loop on the CPU. Exponential moving averages of weights: Polyak & Juditsky 1992; the usual form in
     diffusion training (diffusers' EMAModel, EDM2) is exactly this lerp.
 
     Args:
@@ -165,7 +142,8 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
     if not tensors:
         return
     with torch.no_grad():
-        _apply(ema_update_op, KERNELS, ema_tensors, tensors, decay_value, decay_tensor)
+        KERNELS.run_in_place(_device(tensors, ema_tensors), ema_tensors, ema_tensors, tensors, decay_value,
+                             decay_tensor)
 
 
 def ema_update_multi_(ema_lists: Sequence[Sequence[torch.Tensor]], tensors: Sequence[torch.Tensor],
@@ -184,8 +162,9 @@ def ema_update_multi_(ema_lists: Sequence[Sequence[torch.Tensor]], tensors: Sequ
 
     Memory traffic per element: the weight is read once and each profile's shadow read and
     written once, against P reads of the weight for P separate updates. On CUDA up to four
-    profiles share a pass (a launch holds 137 tensors for one profile, 107 for two, 75 for
-    four); more profiles take further passes.
+    profiles share a pass (more profiles take further passes); each profile adds a pointer per
+    tensor to a launch's arguments, so a launch describes fewer tensors the more profiles it
+    updates (mta_max_tensors in csrc/cuda/multi_tensor_apply.cuh).
     """
     if isinstance(ema_lists, torch.Tensor) or not isinstance(ema_lists, (list, tuple)):
         raise TypeError(f"ema_lists must be a list of lists of tensors, got {type(ema_lists).__name__}")

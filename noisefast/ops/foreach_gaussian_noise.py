@@ -1,34 +1,36 @@
-"""Gaussian noise over a list of tensors in one fused pass: ``add_noise_`` (in place) and
-``noisy_copies`` (out of place, differentiable; what WeightNoise builds its noisy weights with).
+"""Gaussian noise over a list of tensors in one fused pass, torch's ``_foreach`` style:
+``foreach_gaussian_noise_`` (in place) and ``foreach_gaussian_noise`` (out of place, differentiable;
+what WeightNoise builds its noisy weights with).
 
-Ops ``noisefast::add_noise_(tensors, seed, stds, std_tensor)`` and
-``noisefast::noisy_copies(tensors, seed, stds, std_tensor) -> tensors``: on CUDA one launch of a
-multi-tensor kernel (csrc/cuda/add_noise.cu; a list of more than 89 tensors takes a launch per 89),
-on the CPU one at::parallel_for over the tensors' noise laid end to end (csrc/cpu/add_noise_cpu.cpp).
-The per-element formula is csrc/include/noisefast/noise.h, the one gaussian_noise uses;
-noisefast/reference/list_noise.py is the specification.
+Ops ``noisefast::foreach_gaussian_noise_(tensors, seed, stds, std_tensor)`` and
+``noisefast::foreach_gaussian_noise(tensors, seed, stds, std_tensor) -> tensors``: on CUDA one launch
+of a multi-tensor kernel (csrc/cuda/foreach_gaussian_noise.cu; a list longer than one launch can
+describe in its 4 KiB of kernel arguments takes several), on the CPU one at::parallel_for over the tensors'
+noise laid end to end (csrc/cpu/foreach_gaussian_noise_cpu.cpp). The per-element formula is
+csrc/include/noisefast/gaussian_noise.h, the one gaussian_noise uses, so a one-tensor call adds
+exactly the noise ``gaussian_noise`` adds under the same seed; noisefast/reference/
+foreach_gaussian_noise.py is the specification.
 
 Argument checks: the public functions check what costs O(1) per call or per std value; the
 per-tensor checks (dtype, device, layout, aliasing) run in C++ before anything is written
-(the reference backend repeats them in Python) and raise ValueError/TypeError naming the argument.
+(csrc/ops/foreach_gaussian_noise.cpp; the reference backend repeats them in Python) and raise
+ValueError/TypeError naming the argument.
+
+Autograd: the in-place op records no history (like an optimizer step). The out-of-place op's
+gradient is the identity for each tensor; it saves nothing, in particular no noise.
 """
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import List, Optional, Tuple, Union
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from .._checks import check_nonnegative_number
 from .._library import Kernels
-from ._checks import check_nonnegative_number
-from .ema_update import _increment_versions
-
-KERNELS = Kernels("add_noise_", reference="noisefast.reference.list_noise:add_noise_", compiled="add_noise_",
-                  gpu_preference=("cuda",))
-KERNELS_COPIES = Kernels("noisy_copies", reference="noisefast.reference.list_noise:noisy_copies",
-                         compiled="noisy_copies", gpu_preference=("cuda",))
+from ..random import draw_seed
 
 Std = Union[float, torch.Tensor, Sequence[float]]
 
@@ -37,30 +39,38 @@ def _device(tensors: Sequence[torch.Tensor]) -> torch.device:
     return tensors[0].device if tensors else torch.device("cpu")
 
 
-@torch.library.custom_op("noisefast::add_noise_", mutates_args=("tensors",))
-def add_noise_op(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
-                 std_tensor: Optional[torch.Tensor]) -> None:
+@torch.library.custom_op("noisefast::foreach_gaussian_noise_", mutates_args=("tensors",))
+def foreach_gaussian_noise_op_(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
+                               std_tensor: Optional[torch.Tensor]) -> None:
     """``tensors[k] += std_k * z_k`` in place; std_k = stds[k], or the 0-d std_tensor (float32 or
     float64, on the tensors' device or the CPU) when given (stds then empty)."""
-    KERNELS(_device(tensors), tensors, seed, stds, std_tensor)
+    KERNELS_(_device(tensors), tensors, seed, stds, std_tensor)
 
 
-@add_noise_op.register_fake
+@foreach_gaussian_noise_op_.register_fake
 def _(tensors, seed, stds, std_tensor):
     return None
 
 
-@torch.library.custom_op("noisefast::noisy_copies", mutates_args=())
-def noisy_copies_op(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
-                    std_tensor: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    """New contiguous tensors ``tensors[k] + std_k * z_k`` (same noise as add_noise_ with the same
-    arguments). Gradient: the identity for each tensor."""
-    return KERNELS_COPIES(_device(tensors), tensors, seed, stds, std_tensor)
+KERNELS_ = Kernels(foreach_gaussian_noise_op_, public="foreach_gaussian_noise_",
+                   reference="noisefast.reference.foreach_gaussian_noise", cuda=True)
 
 
-@noisy_copies_op.register_fake
+@torch.library.custom_op("noisefast::foreach_gaussian_noise", mutates_args=())
+def foreach_gaussian_noise_op(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
+                              std_tensor: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """New contiguous tensors ``tensors[k] + std_k * z_k`` (the noise foreach_gaussian_noise_ adds
+    with the same arguments). Gradient: the identity for each tensor."""
+    return KERNELS(_device(tensors), tensors, seed, stds, std_tensor)
+
+
+@foreach_gaussian_noise_op.register_fake
 def _(tensors, seed, stds, std_tensor):
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+
+
+KERNELS = Kernels(foreach_gaussian_noise_op, public="foreach_gaussian_noise",
+                  reference="noisefast.reference.foreach_gaussian_noise", cuda=True)
 
 
 def _copies_setup_context(ctx, inputs, output):
@@ -76,7 +86,7 @@ def _copies_backward(ctx, grads):
     return list(grads), None, None if ctx.num_stds else [], None
 
 
-noisy_copies_op.register_autograd(_copies_backward, setup_context=_copies_setup_context)
+foreach_gaussian_noise_op.register_autograd(_copies_backward, setup_context=_copies_setup_context)
 
 
 def _tensor_list(value, name: str) -> List[torch.Tensor]:
@@ -117,16 +127,14 @@ def std_arguments(std: Std, count: int, device: torch.device) -> Tuple[List[floa
     raise TypeError(f"std must be a number, a 0-d float tensor or a sequence of numbers, got {type(std).__name__}")
 
 
-def add_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]], std: Std, *,
-               generator: Optional[torch.Generator] = None):
+def foreach_gaussian_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]], std: Std, *,
+                            generator: Optional[torch.Generator] = None):
     """In place, for every tensor k of the list: ``tensors[k] += std_k * z_k``, z ~ N(0, 1), one fused pass.
 
-    (Not the in-place form of :func:`noisefast.add_noise`, the diffusion forward process: this is
-    plain noise injection, t + std * z, over a list.)
-
-    The list form of :func:`noisefast.gaussian_noise` (Gaussian noise injection; Bishop 1995), for
-    noise added to many tensors at once: gradients (:class:`GradientNoise`, Neelakantan et al.
-    2015), weights, replicas. Replaces ``for t in tensors: t.add_(torch.randn_like(t), alpha=std)``.
+    The multi-tensor form of :func:`noisefast.gaussian_noise` (Gaussian noise injection; Bishop
+    1995), named in torch's ``_foreach`` style, for noise added to many tensors at once: gradients
+    (:class:`GradientNoise`, Neelakantan et al. 2015), weights, replicas. Replaces
+    ``for t in tensors: t.add_(torch.randn_like(t), alpha=std)``.
 
     Args:
         tensors: a list or tuple of float32, float16, bfloat16 or float64 tensors of any shapes
@@ -143,17 +151,18 @@ def add_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]], std: Std, *
         ``tensors`` itself (the list, or the one tensor).
 
     Maths: ``t <- round(t + std_k * z)`` computed in float32 (float64 for float64 tensors) and
-    rounded once to t's dtype, the arithmetic of gaussian_noise (csrc/include/noisefast/noise.h).
-    A tensor whose std is 0 is left bit for bit as it was. No autograd history is recorded (like
-    an optimizer step).
+    rounded once to t's dtype, the arithmetic of gaussian_noise (csrc/include/noisefast/
+    gaussian_noise.h). A tensor whose std is 0 is left bit for bit as it was. No autograd history
+    is recorded (like an optimizer step).
 
     Noise stream: ONE seed per call (noisefast.random.draw_seed). Element j (row-major logical
     order) of tensor k is element ``base_k + j`` of stream STREAM_NOISE of the portable stream,
     ``base_k = sum_{i<k} round_up(numel_i, 4)``: every Philox call serves one tensor, and a
     one-tensor list gets exactly the noise ``gaussian_noise`` adds with the same seed.
 
-    Cost: one launch on CUDA for up to 89 tensors (one more per further 89), one parallel loop on
-    the CPU; each tensor read and written once (non-contiguous ones through a contiguous copy).
+    Cost: one launch on CUDA for as many tensors as one launch's 4 KiB of kernel arguments can
+    describe (mta_max_tensors in csrc/cuda/multi_tensor_apply.cuh; longer lists take several), one
+    parallel loop on the CPU; each tensor read and written once (non-contiguous ones through a contiguous copy).
 
     Raises (before anything is written): TypeError/ValueError naming ``tensors`` (not tensors,
     unsupported dtype or layout, several devices, an expanded tensor, the same memory listed
@@ -165,36 +174,38 @@ def add_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]], std: Std, *
     stds, std_tensor = std_arguments(std, len(ts), _device(ts))
     if not ts:
         return tensors
-    from ..random import draw_seed  # noisefast.random imports ops; import here to avoid a cycle
-
     seed = draw_seed(ts[0].device, generator)
     with torch.no_grad():
-        device = ts[0].device
-        if (torch.compiler.is_compiling() or device.type not in ("cpu", "cuda")
-                or _get_current_dispatch_mode() is not None):
-            add_noise_op(ts, seed, stds, std_tensor)
-        else:
-            # Straight to the backend in eager mode: the custom op's Python layers cost ~2 us per
-            # tensor (see ops/ema_update.py); the version counters are bumped here instead.
-            KERNELS(device, ts, seed, stds, std_tensor)
-            _increment_versions(ts)
+        KERNELS_.run_in_place(ts[0].device, ts, ts, seed, stds, std_tensor)
     return ts[0] if single else tensors
 
 
-def noisy_copies(tensors: Sequence[torch.Tensor], std: Std, *, seed: Optional[torch.Tensor] = None,
-                 generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
-    """New contiguous tensors ``tensors[k] + std_k * z_k``: the noise :func:`add_noise_` would add
-    (same stream layout), out of place in one pass (each input read once, each output written
-    once). Differentiable: the gradient with respect to each input is the identity, and nothing
-    is saved for backward. ``seed`` (an int64 tensor of shape [1] on the tensors' device) is drawn
-    from ``generator`` when None.
+def foreach_gaussian_noise(tensors: Union[torch.Tensor, Sequence[torch.Tensor]], std: Std, *,
+                           generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """New contiguous tensors ``tensors[k] + std_k * z_k``: the noise :func:`foreach_gaussian_noise_`
+    would add with the same seed (same stream layout, same arithmetic), out of place in one pass
+    (each input read once, each output written once).
+
+    Same arguments and errors as :func:`foreach_gaussian_noise_`, except that tensors may overlap
+    (nothing is written to them). Returns a list of new tensors, one per input (a one-element
+    list for one tensor). Differentiable: the gradient with respect to each input is the
+    identity, and nothing is saved for backward; a copy that receives no gradient passes None on.
     """
     ts = _tensor_list(tensors, "tensors")
     stds, std_tensor = std_arguments(std, len(ts), _device(ts))
     if not ts:
         return []
-    if seed is None:
-        from ..random import draw_seed
+    return foreach_gaussian_noise_op(ts, draw_seed(ts[0].device, generator), stds, std_tensor)
 
-        seed = draw_seed(ts[0].device, generator)
-    return noisy_copies_op(ts, seed, stds, std_tensor)
+
+# ---- deprecated name ------------------------------------------------------------------------------
+
+def add_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]], std: Std, *,
+               generator: Optional[torch.Generator] = None):
+    """Deprecated name of :func:`foreach_gaussian_noise_` (same arguments, same noise); it will be
+    removed in the next release. It was renamed because torch's convention reads ``f_`` as the
+    in-place form of ``f``, and :func:`noisefast.add_noise` is the unrelated diffusion op."""
+    warnings.warn("noisefast.add_noise_ is deprecated and will be removed in the next release; "
+                  "use noisefast.foreach_gaussian_noise_ (same arguments, same noise)",
+                  DeprecationWarning, stacklevel=2)
+    return foreach_gaussian_noise_(tensors, std, generator=generator)

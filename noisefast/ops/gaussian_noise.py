@@ -1,8 +1,8 @@
 """Gaussian noise injection: ``gaussian_noise(x, std) = x + std * z``, z ~ N(0, 1), in one pass.
 
 The op ``noisefast::gaussian_noise(x, seed, std, scale, inner)`` computes
-``out[i] = x[i] + std * scale[(i // inner) % len(scale)] * z_i`` with z from stream 0 of the
-portable noise stream under ``seed``; the public function turns a std broadcastable to x into
+``out[i] = x[i] + std * scale[(i // inner) % len(scale)] * z_i`` with z from stream STREAM_NOISE of
+the portable noise stream under ``seed``; the public function turns a std broadcastable to x into
 (scale, inner). Its gradient is the identity for x; for a tensor std it is sum(grad * z) over
 the broadcast dimensions, with z regenerated from the seed (never stored).
 """
@@ -12,16 +12,11 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from .._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
+from .._dtypes import math_dtype
 from .._library import Kernels
-from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
+from ..random import STREAM_NOISE, draw_seed
 from .randn import randn_out
-
-KERNELS = Kernels(
-    "gaussian_noise",
-    reference="noisefast.reference.noise:gaussian_noise",
-    compiled="gaussian_noise",
-    triton="noisefast.triton.gaussian_noise:gaussian_noise",
-)
 
 
 @torch.library.custom_op("noisefast::gaussian_noise", mutates_args=())
@@ -39,6 +34,11 @@ def _(x, seed, std, scale, inner, scale_checked=False):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+KERNELS = Kernels(gaussian_noise_op, public="gaussian_noise", reference="noisefast.reference.gaussian_noise",
+                  triton="noisefast.triton.gaussian_noise", cuda=True)
+
+
+# Autograd saves the seed and the [period] scale, never the noise: backward regenerates z from the seed.
 def _setup_context(ctx, inputs, output):
     x, seed, std, scale, inner, _ = inputs
     ctx.std, ctx.inner = std, inner
@@ -52,8 +52,8 @@ def _backward(ctx, grad):
     grad_scale = None
     if scale is not None and ctx.needs_input_grad[3]:
         z = torch.empty(ctx.numel, dtype=torch.float32, device=grad.device)
-        randn_out(z, seed, 0, 0)
-        acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        randn_out(z, seed, STREAM_NOISE, 0)
+        acc = math_dtype(grad.dtype)
         per_element = grad.reshape(-1).to(acc) * z.to(acc) * ctx.std
         period = scale.numel()
         grad_scale = per_element.view(-1, period, ctx.inner).sum(dim=(0, 2)).to(scale.dtype)
@@ -109,8 +109,6 @@ def gaussian_noise(x: torch.Tensor, std: Union[float, torch.Tensor], *, training
     std_value, scale, inner = noise_scale(x, std)
     if not training:
         return x
-    from ..random import draw_seed  # noisefast.random imports ops; import here to avoid a cycle
-
     return gaussian_noise_op(x, draw_seed(x.device, generator), std_value, scale, inner)
 
 

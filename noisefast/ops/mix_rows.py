@@ -2,31 +2,25 @@
 
 The op ``noisefast::mix_rows(x, index, lam)`` blends every row b of x (dim 0) with row index[b]:
 ``out[b] = lam * x[b] + (1 - lam) * x[index[b]]`` (Zhang et al. 2018, "mixup: Beyond Empirical Risk
-Minimization"; formulas.md section 8). Eager PyTorch needs a gather copy x[index] and then one or
+Minimization"; docs/formulas.md, "Mixup"). Eager PyTorch needs a gather copy x[index] and then one or
 two more passes; the kernels read each row twice and write once, with no temporary.
 
 Its gradient with respect to x is ``lam * g + (1 - lam) * S g`` where S scatters g back by index:
 ``grad_x[j] = lam * g[j] + (1 - lam) * sum over {b : index[b] = j} of g[b]`` (an index_add; for a
-permutation, the one sum term is g[inverse[j]]). lam and index receive no gradient.
+permutation, the one sum term is g[inverse[j]]). lam and index receive no gradient. Autograd saves
+index and lam (a few bytes per row), never x.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Union
 
 import torch
 
+from .._checks import check_float_tensor
 from .._dtypes import math_dtype
+from .._layout import blocked_layout
 from .._library import Kernels
-from ._checks import check_float_tensor
-from .pseudo_huber import blocked_layout
-
-KERNELS = Kernels(
-    "mix_rows",
-    reference="noisefast.reference.targets:mix_rows",
-    compiled="mix_rows",
-    triton="noisefast.triton.mix_rows:mix_rows",
-    gpu_preference=("triton",),
-)
 
 
 def _check_index_values(index: torch.Tensor, rows: int) -> None:
@@ -51,6 +45,10 @@ def mix_rows_op(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torc
 @mix_rows_op.register_fake
 def _(x, index, lam):
     return torch.empty_like(blocked_layout(x))
+
+
+KERNELS = Kernels(mix_rows_op, public="mix_rows", reference="noisefast.reference.mix_rows",
+                  triton="noisefast.triton.mix_rows")
 
 
 def _setup_context(ctx, inputs, output):
@@ -117,8 +115,6 @@ def as_lam_tensor(lam, device: torch.device) -> torch.Tensor:
         if lam.dim() == 0 and lam.dtype == torch.float64 and lam.device == device and not lam.requires_grad:
             return lam
         return lam.detach().reshape(()).to(device=device, dtype=torch.float64)
-    import numbers
-
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"lam must be a real number or a tensor, got {type(lam).__name__}")
     if not 0.0 <= float(lam) <= 1.0:

@@ -1,66 +1,43 @@
 """Input perturbation for diffusion and consistency training, fused into one pass over x.
 
 - ``consistency_pair(x, sigma, sigma_next)`` -> (x + sigma z, x + sigma_next z) with ONE z: the
-  student and target inputs of consistency training (formulas.md section 2; iCT, Song & Dhariwal
+  student and target inputs of consistency training (docs/formulas.md, "iCT"; Song & Dhariwal
   2023, loss E[lambda d(f(x + sigma_{i+1} z), sg f(x + sigma_i z))] with the same z).
 - ``add_noise(x, sigma, alpha=, input_perturbation=, offset_noise=)`` -> (alpha x + sigma (eps +
-  gamma xi), eps) with eps = z + s o: DDPM-IP (Ning et al. 2023) and offset noise (formulas.md
-  section 6).
+  gamma xi), eps) with eps = z + s o: DDPM-IP (Ning et al. 2023) and offset noise (docs/formulas.md,
+  "Input perturbation and offset noise").
+- ``sampled_consistency_pair(x, sigmas, cdf)``: a consistency-training step's noise in one op, the
+  level pair of each sample drawn inside the kernel (below).
 
 The ops ``noisefast::consistency_pair`` and ``noisefast::add_noise`` take per-sample values as 1-D
 tensors of the math dtype (see noisefast/reference/perturbation.py for the conventions). z, xi
 and o come from streams STREAM_NOISE, STREAM_PERTURBATION and STREAM_OFFSET of one seed; the
-kernels never store them, and backward regenerates them from the seed.
+kernels never store them, and backward regenerates them from the seed: autograd saves the seed and
+the [B] per-sample values (x too when alpha requires grad), never the noise.
+
+The three ops share their kernel files (csrc/cpu/perturbation_cpu.cpp, noisefast/triton/
+perturbation.py) and their reference (noisefast/reference/perturbation.py): the "perturbation"
+family.
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from .._checks import (check_finite_values, check_float_tensor, check_nonnegative_number, check_nonnegative_values,
+                       values_checkable)
 from .._dtypes import math_dtype
 from .._library import Kernels
 from ..random import STREAM_NOISE, draw_seed
-from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values, values_checkable
 from .randn import randn_out
 
 Scalar = Union[float, torch.Tensor]
 
-PAIR_KERNELS = Kernels(
-    "consistency_pair",
-    reference="noisefast.reference.perturbation:consistency_pair",
-    compiled="consistency_pair",
-    triton="noisefast.triton.perturbation:consistency_pair",
-    gpu_preference=("triton",),
-)
-
-ADD_NOISE_KERNELS = Kernels(
-    "add_noise",
-    reference="noisefast.reference.perturbation:add_noise",
-    compiled="add_noise",
-    triton="noisefast.triton.perturbation:add_noise",
-    gpu_preference=("triton",),
-)
-
-
-def check_finite_values(t: torch.Tensor, name: str) -> None:
-    """ValueError if ``t`` holds NaN or an infinity (any sign is fine: alpha may be negative).
-
-    Like _checks.check_nonnegative_values, called inside the ops' implementations and skipped
-    during CUDA-graph capture.
-    """
-    if t.numel() == 0 or not values_checkable(t):
-        return
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        first = t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]].item()
-        raise ValueError(f"{name} must be finite everywhere, found {first}")
-
-
-def opmath_dtype(x: torch.Tensor) -> torch.dtype:
-    return math_dtype(x.dtype)
+PERTURBATION = "noisefast.reference.perturbation"
+PERTURBATION_TRITON = "noisefast.triton.perturbation"
 
 
 def _sum_per_sample(values: torch.Tensor, count: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -87,6 +64,10 @@ def consistency_pair_op(x: torch.Tensor, seed: torch.Tensor, sigma: torch.Tensor
 def _(x, seed, sigma, sigma_next, inner, offset, checked=False):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+PAIR_KERNELS = Kernels(consistency_pair_op, public="consistency_pair", reference=PERTURBATION,
+                       triton=PERTURBATION_TRITON)
 
 
 def _pair_setup_context(ctx, inputs, output):
@@ -137,6 +118,9 @@ def _(x, seed, alpha, sigma, input_perturbation, offset_noise, sample_inner, cha
       checked=False):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+ADD_NOISE_KERNELS = Kernels(add_noise_op, public="add_noise", reference=PERTURBATION, triton=PERTURBATION_TRITON)
 
 
 def _add_noise_setup_context(ctx, inputs, output):
@@ -202,7 +186,7 @@ def per_sample_arguments(x: torch.Tensor, values: Dict[str, Scalar], *,
             check_nonnegative_number(value, name)
         elif isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a real number or a tensor, got {type(value).__name__}")
-    acc = opmath_dtype(x)
+    acc = math_dtype(x.dtype)
     count = batch if per_sample else 1
     tensors = []
     for name, value in values.items():
@@ -254,7 +238,7 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
     eps = z + offset_noise * o,   x_noisy = alpha * x + sigma * (eps + input_perturbation * xi),
     target = eps, where z, xi ~ N(0, I) shaped like x and o ~ N(0, I) shaped [B, C, 1, ...] (one
     value per sample and channel). DDPM-IP: Ning et al. 2023 (gamma = 0.1; the target stays eps);
-    offset noise: the offset is part of the target (formulas.md section 6). For DDPM
+    offset noise: the offset is part of the target (docs/formulas.md). For DDPM
     x_t = sqrt(abar) x0 + sqrt(1 - abar) eps pass alpha = sqrt(abar), sigma = sqrt(1 - abar); for
     EDM/VE noising alpha = 1.
 
@@ -286,3 +270,117 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
     checked = not any(isinstance(v, torch.Tensor) for v in (alpha, sigma))
     return add_noise_op(x, draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale,
                         sample_inner, channel_inner, 0, checked)
+
+
+# ---- noisefast::sampled_consistency_pair ---------------------------------------------------------
+#
+# A consistency-training step's noise in one op: sample each sample's level pair by inverse CDF from
+# the portable uniform stream, then form the consistency pair (one launch on a GPU).
+#
+# ``noisefast::sampled_consistency_pair(x, seed, sigmas, cdf, offset)`` returns
+# (x_cur, x_next, sigma, sigma_next, weight, index): for sample b, u_b = element b of the uniform
+# stream STREAM_LEVELS, index_b = the smallest i with u_b < cdf[i] (clamped to n - 2), sigma_b =
+# sigmas[index_b] and sigma_next_b = sigmas[index_b + 1] as float32, weight_b = 1 / (sigma_next_b -
+# sigma_b) (iCT's lambda, formed in float64), and x_cur = x + sigma_b z, x_next = x + sigma_next_b z
+# with one z (STREAM_NOISE). The rule lives in csrc/include/noisefast/levels.h,
+# noisefast/triton/levels.py and noisefast/reference/perturbation.py.
+#
+# This draws i.i.d. levels, which is what the iCT log-normal sampler does (Song & Dhariwal 2023:
+# ``torch.multinomial(p, B, replacement=True)`` in public code) and what any sampler with a fixed
+# interval distribution does; samplers that couple a batch (the stratified polynomial sampler of
+# Gokmen et al. 2024) sample indices first and call ``consistency_pair``.
+
+
+class SampledPair(NamedTuple):
+    x_cur: torch.Tensor       # x + sigma z, dtype of x
+    x_next: torch.Tensor      # x + sigma_next z
+    sigma: torch.Tensor       # [B] float32
+    sigma_next: torch.Tensor  # [B] float32
+    weight: torch.Tensor      # [B] float32, 1 / (sigma_next - sigma)
+    index: torch.Tensor       # [B] int64, the interval (sigma_index, sigma_index+1)
+
+
+@torch.library.custom_op("noisefast::sampled_consistency_pair", mutates_args=())
+def sampled_consistency_pair_op(x: torch.Tensor, seed: torch.Tensor, sigmas: torch.Tensor, cdf: torch.Tensor,
+                                offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                      torch.Tensor, torch.Tensor]:
+    # No value checks here: the search only ever returns indices in [0, n - 2], whatever the table
+    # holds, and callers validate their tables once (check_level_table) rather than every step.
+    return SAMPLED_PAIR_KERNELS(x.device, x, seed, sigmas, cdf, offset)
+
+
+@sampled_consistency_pair_op.register_fake
+def _(x, seed, sigmas, cdf, offset):
+    batch = x.shape[0]
+    per_sample = x.new_empty((batch,), dtype=torch.float32)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format),
+            per_sample, torch.empty_like(per_sample), torch.empty_like(per_sample),
+            x.new_empty((batch,), dtype=torch.int64))
+
+
+SAMPLED_PAIR_KERNELS = Kernels(sampled_consistency_pair_op, public="sampled_consistency_pair",
+                               reference=PERTURBATION, triton=PERTURBATION_TRITON)
+
+
+def _sampled_setup_context(ctx, inputs, output):
+    pass  # the gradient to x is the identity: nothing is saved
+
+
+def _sampled_backward(ctx, grad_cur, grad_next, *unused):
+    # x_cur and x_next are x plus noise: the gradient to x is the sum of theirs.
+    grads = [g for g in (grad_cur, grad_next) if g is not None]
+    grad_x = None
+    if ctx.needs_input_grad[0] and grads:
+        grad_x = grads[0] + grads[1] if len(grads) == 2 else grads[0]
+    return grad_x, None, None, None, None
+
+
+sampled_consistency_pair_op.register_autograd(_sampled_backward, setup_context=_sampled_setup_context)
+
+
+def check_level_table(sigmas: torch.Tensor, cdf: torch.Tensor) -> None:
+    """TypeError/ValueError unless ``sigmas`` is n >= 2 ascending finite levels >= 0 and ``cdf`` is
+    n - 1 nondecreasing values in [0, 1] ending at 1 (within 1e-6). Reads both on the host
+    (skipped during CUDA-graph capture)."""
+    for name, t in (("sigmas", sigmas), ("cdf", cdf)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor, got {type(t).__name__ if not isinstance(t, torch.Tensor) else t.dtype}")
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if sigmas.numel() < 2 or cdf.numel() != sigmas.numel() - 1:
+        raise ValueError(f"need n >= 2 sigmas and n - 1 cdf values, got {sigmas.numel()} sigmas and "
+                         f"{cdf.numel()} cdf values")
+    if not (values_checkable(sigmas) and values_checkable(cdf)):
+        return
+    s, c = sigmas.double(), cdf.double()
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()) or bool((s[1:] <= s[:-1]).any()):
+        raise ValueError("sigmas must be finite, >= 0 and strictly ascending")
+    if (not bool(torch.isfinite(c).all()) or bool((c < 0).any()) or bool((c[1:] < c[:-1]).any())
+            or abs(c[-1].item() - 1.0) > 1e-6):
+        raise ValueError("cdf must be nondecreasing values in [0, 1] whose last entry is 1")
+
+
+def sampled_consistency_pair(x: torch.Tensor, sigmas: torch.Tensor, cdf: torch.Tensor, *,
+                             generator: Optional[torch.Generator] = None) -> SampledPair:
+    """Sample a level pair per sample from a discrete distribution over the intervals of ``sigmas``
+    and form the consistency pair, in one op.
+
+    Args:
+        x: [B, ...] float32, float16, bfloat16 or float64, any layout.
+        sigmas: [n] ascending levels (float64 recommended: the table is read in float64).
+        cdf: [n - 1] cumulative probabilities of the intervals (sigma_i, sigma_{i+1}), float64,
+            last entry 1: ``probs.cumsum(0)`` normalised.
+        generator: where the seed is drawn.
+
+    Returns a :class:`SampledPair`. Validates the table on the host at every call (a sync on CUDA);
+    ``ConsistencyNoise`` validates once per table and calls the op directly.
+    """
+    check_float_tensor(x, "x")
+    if x.dim() == 0:
+        raise ValueError("x must have a batch dimension, got a 0-d tensor")
+    check_level_table(sigmas, cdf)
+    if sigmas.device != x.device or cdf.device != x.device:
+        raise ValueError(f"sigmas and cdf must be on x's device {x.device}, got {sigmas.device} and {cdf.device}")
+    seed = draw_seed(x.device, generator)
+    return SampledPair(*sampled_consistency_pair_op(x, seed, sigmas.to(torch.float64), cdf.to(torch.float64), 0))

@@ -8,7 +8,8 @@ the [B] loss, nothing larger. Weights and the batch reduction act on [B] in the 
 
 Layout: a kernel needs each sample to be one dense run of D elements (the order inside a sample
 does not matter to a loss), so contiguous and channels-last tensors go in without a copy;
-anything else is copied once. :func:`sample_blocked_pair` arranges that for every backend.
+anything else is copied once. ``noisefast._layout.sample_blocked_pair`` arranges that for every
+backend.
 """
 from __future__ import annotations
 
@@ -18,64 +19,13 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._checks import check_float_tensor, check_nonnegative_number
+from .._dtypes import math_dtype
+from .._layout import blocked_layout, sample_blocked_pair
 from .._library import Kernels
-from ._checks import check_float_tensor, check_nonnegative_number
-
-FORWARD = Kernels(
-    "pseudo_huber_loss",
-    reference="noisefast.reference.loss:pseudo_huber_forward",
-    compiled="pseudo_huber_forward",
-    triton="noisefast.triton.pseudo_huber:pseudo_huber_forward",
-    gpu_preference=("triton",),
-)
-BACKWARD = Kernels(
-    "pseudo_huber_loss",
-    reference="noisefast.reference.loss:pseudo_huber_backward",
-    compiled="pseudo_huber_backward",
-    triton="noisefast.triton.pseudo_huber:pseudo_huber_backward",
-    gpu_preference=("triton",),
-)
 
 REDUCTIONS = ("mean", "sum", "none")
 C_FACTOR = 0.00054  # iCT (Song & Dhariwal 2023): c = 0.00054 * sqrt(D)
-
-
-def _is_sample_blocked(t: torch.Tensor) -> bool:
-    """Whether sample b of ``t`` occupies memory [b*D, (b+1)*D) from t's data pointer, densely.
-
-    Non-overlapping and dense: the strides, sorted, are the running products of the sizes (size-1
-    dimensions do not count); the sample dimension then has the largest stride, D.
-    """
-    if t.numel() == 0:
-        return True
-    expected = 1
-    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return t.shape[0] == 1 or t.stride(0) == t.numel() // t.shape[0]
-
-
-def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return all(sa == sb for sz, sa, sb in zip(a.shape, a.stride(), b.stride()) if sz > 1)
-
-
-def blocked_layout(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when it is sample-blocked, else a contiguous copy."""
-    return t if t.is_contiguous() or _is_sample_blocked(t) else t.contiguous()
-
-
-def like_layout(t: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
-    """``t`` with the strides of the sample-blocked tensor ``layout`` (a copy only when they differ)."""
-    if (t.is_contiguous() and layout.is_contiguous()) or (_is_sample_blocked(t) and _same_layout(t, layout)):
-        return t
-    return torch.empty_like(layout).copy_(t)
-
-
-def sample_blocked_pair(input: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(input, target) rearranged for the kernels: both sample-blocked with equal strides."""
-    input = blocked_layout(input)
-    return input, like_layout(target, input)
 
 
 @torch.library.custom_op("noisefast::pseudo_huber_forward", mutates_args=())
@@ -87,8 +37,11 @@ def pseudo_huber_forward(input: torch.Tensor, target: torch.Tensor, c: float, pe
 
 @pseudo_huber_forward.register_fake
 def _(input, target, c, per_sample):
-    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    return input.new_empty((input.shape[0],), dtype=dtype)
+    return input.new_empty((input.shape[0],), dtype=math_dtype(input.dtype))
+
+
+FORWARD = Kernels(pseudo_huber_forward, public="pseudo_huber_loss", reference="noisefast.reference.pseudo_huber",
+                  triton="noisefast.triton.pseudo_huber")
 
 
 @torch.library.custom_op("noisefast::pseudo_huber_backward", mutates_args=())
@@ -107,6 +60,14 @@ def _(grad, input, target, loss, c, per_sample, want_input, want_target):
     empty = input.new_empty((0,))
     return (torch.empty_like(layout) if want_input else empty,
             torch.empty_like(layout) if want_target else empty)
+
+
+BACKWARD = Kernels(pseudo_huber_backward, public="pseudo_huber_loss", reference="noisefast.reference.pseudo_huber",
+                   triton="noisefast.triton.pseudo_huber")
+
+
+# Autograd saves input and target (alive in the graph anyway) and the [B] loss, nothing larger:
+# in the per-sample form the backward's 1 / sqrt(||e_b||^2 + c^2) is 1 / (loss_b + c).
 
 
 def _setup_context(ctx, inputs, output):

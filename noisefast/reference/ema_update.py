@@ -1,4 +1,5 @@
-"""Reference of the EMA update: the eager specification of ``noisefast_C::ema_update(_multi)``.
+"""Reference of the EMA update: the eager specification of ``noisefast_C::ema_update_`` and
+``noisefast_C::ema_update_multi_``.
 
 One element of the update, for a shadow ``e`` of a weight ``x`` and a decay ``d`` in [0, 1]::
 
@@ -8,7 +9,7 @@ with w evaluated in float64 and rounded once to the math type (float32 for float
 bfloat16 shadows; float64 for float64 ones), the weight converted exactly to the shadow's dtype
 first. torch.lerp is ``e + w * (x - e)`` for w < 0.5 and ``x - (1 - w) * (x - e)`` otherwise, each a
 fused multiply-add, which keeps both ends exact (d = 1 leaves e; d = 0 gives x). The C++ and CUDA
-kernels (csrc/include/noisefast/ema.h) compute exactly this.
+kernels (csrc/include/noisefast/ema_update.h) compute exactly this.
 
 Also here, as benchmark baselines: the per-parameter ``mul_/add_`` loop most training scripts
 write, and the ``torch._foreach_lerp_`` form.
@@ -19,11 +20,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..ops._checks import FLOAT_DTYPES
-
-
-def math_dtype(shadow_dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if shadow_dtype == torch.float64 else torch.float32
+from .._dtypes import FLOAT_DTYPES, math_dtype
 
 
 def lerp_weight(decay: float, shadow_dtype: torch.dtype) -> float:
@@ -64,7 +61,7 @@ def _decay_values(decays: Sequence[float], decay_tensor: Optional[torch.Tensor],
 
 def check_operands(emas: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor], profiles: int,
                    multi: bool) -> None:
-    """The kernels' preconditions (csrc/cpu/ema_cpu.cpp, with_ema_operands), same messages."""
+    """The kernels' preconditions (csrc/ops/ema_update.cpp, with_ema_operands), same messages."""
     n = len(tensors)
     if len(emas) != profiles * n:
         raise ValueError(f"{'ema_lists' if multi else 'ema_tensors'} holds the wrong number of tensors "
@@ -106,22 +103,22 @@ def _update(emas, tensors, decays, decay_tensor, multi: bool) -> None:
             ema_blend_(emas[p * n + i], x, decay)
 
 
-def ema_update(ema_tensors: List[torch.Tensor], tensors: List[torch.Tensor], decay: float,
-               decay_tensor: Optional[torch.Tensor]) -> None:
-    """Kernel-level reference of ``noisefast_C::ema_update``: every shadow updated in place."""
+def ema_update_(ema_tensors: List[torch.Tensor], tensors: List[torch.Tensor], decay: float,
+                decay_tensor: Optional[torch.Tensor]) -> None:
+    """Kernel-level reference of ``noisefast_C::ema_update_``: every shadow updated in place."""
     _update(ema_tensors, tensors, [decay], decay_tensor, multi=False)
 
 
-def ema_update_multi(ema_lists: List[torch.Tensor], tensors: List[torch.Tensor], decays: List[float],
-                     decay_tensor: Optional[torch.Tensor]) -> None:
-    """Kernel-level reference of ``noisefast_C::ema_update_multi`` (ema_lists flattened
+def ema_update_multi_(ema_lists: List[torch.Tensor], tensors: List[torch.Tensor], decays: List[float],
+                      decay_tensor: Optional[torch.Tensor]) -> None:
+    """Kernel-level reference of ``noisefast_C::ema_update_multi_`` (ema_lists flattened
     profile-major: shadow p of tensor i at p * len(tensors) + i)."""
     if decay_tensor is not None and len(decays):
         raise ValueError("pass decays as floats or as a tensor, not both")
     _update(ema_lists, tensors, decays, decay_tensor, multi=True)
 
 
-# Baselines (benchmarks/bench_ema.py): what users write today.
+# Baselines (benchmarks/bench_ema_update.py): what users write today.
 
 def ema_update_loop(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor], decay: float) -> None:
     """The per-parameter loop of most training scripts: ``e.mul_(d).add_(x, alpha=1 - d)``.

@@ -1,5 +1,7 @@
-"""Reference of the list-of-tensors noise ops ``add_noise_`` and ``noisy_copies``: the eager
-specification of csrc/cpu/add_noise_cpu.cpp and csrc/cuda/add_noise.cu.
+"""Reference of the multi-tensor Gaussian noise ops ``foreach_gaussian_noise_`` (in place) and
+``foreach_gaussian_noise`` (out of place): the eager specification of
+csrc/cpu/foreach_gaussian_noise_cpu.cpp and csrc/cuda/foreach_gaussian_noise.cu, with the checks of
+csrc/ops/foreach_gaussian_noise.cpp.
 
 Noise stream of one call (one seed): element j (row-major logical order) of tensor k receives
 element ``base_k + j`` of normal stream STREAM_NOISE, ``base_k = sum_{i<k} round_up(numel_i, 4)``.
@@ -13,10 +15,9 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..ops._checks import FLOAT_DTYPES
-from .random import normal_stream
-
-STREAM_NOISE = 0  # noisefast.random.STREAM_NOISE (not imported: noisefast.random imports the ops)
+from .._dtypes import FLOAT_DTYPES, math_dtype
+from ..random import STREAM_NOISE
+from .philox import normal_stream
 
 
 def stream_bases(numels: Sequence[int]) -> List[int]:
@@ -34,7 +35,7 @@ def _footprint(t: torch.Tensor):
 
 
 def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether a and b share an element (the kernels' rule, csrc/cpu/add_noise_cpu.cpp): footprints
+    """Whether a and b share an element (the kernels' rule, csrc/ops/foreach_gaussian_noise.cpp): footprints
     that overlap, then element byte addresses compared (mixed element sizes count as shared)."""
     (a0, a1), (b0, b1) = _footprint(a), _footprint(b)
     if a1 <= b0 or b1 <= a0:
@@ -99,17 +100,18 @@ def check_operands(tensors: Sequence[torch.Tensor], stds: Sequence[float], std_t
 def noisy_value(t: torch.Tensor, seed: int, base: int, std: float) -> torch.Tensor:
     """t + std * z, z = stream elements base .. base + numel - 1; math in float32 (float64 for
     float64 t) in the order of gaussian_noise's kernels, rounded once to t's dtype."""
-    opmath = torch.float64 if t.dtype == torch.float64 else torch.float32
+    acc = math_dtype(t.dtype)
     if std == 0:
         return t.clone()  # untouched, bit for bit (x + 0 * z would turn -0.0 into +0.0)
-    z = normal_stream(t.numel(), seed, STREAM_NOISE, base, device=t.device).to(opmath)
-    sigma = torch.tensor(std, dtype=opmath, device=t.device)
-    return (t.reshape(-1).to(opmath) + sigma * z).to(t.dtype).view(t.shape)
+    z = normal_stream(t.numel(), seed, STREAM_NOISE, base, device=t.device).to(acc)
+    sigma = torch.tensor(std, dtype=acc, device=t.device)
+    return (t.reshape(-1).to(acc) + sigma * z).to(t.dtype).view(t.shape)
 
 
-def add_noise_(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
-               std_tensor: Optional[torch.Tensor]) -> None:
-    """Kernel-level reference of ``noisefast_C::add_noise_``: tensors[k] += std_k * z_k in place."""
+def foreach_gaussian_noise_(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
+                            std_tensor: Optional[torch.Tensor]) -> None:
+    """Kernel-level reference of ``noisefast_C::foreach_gaussian_noise_``: tensors[k] += std_k * z_k
+    in place."""
     values = check_operands(tensors, stds, std_tensor, in_place=True)
     seed_value = int(seed.reshape(()).item())
     for t, base, std in zip(tensors, stream_bases([t.numel() for t in tensors]), values):
@@ -117,9 +119,10 @@ def add_noise_(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float
             t.copy_(noisy_value(t, seed_value, base, std))
 
 
-def noisy_copies(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
-                 std_tensor: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    """Kernel-level reference of ``noisefast_C::noisy_copies``: new contiguous tensors[k] + std_k * z_k."""
+def foreach_gaussian_noise(tensors: List[torch.Tensor], seed: torch.Tensor, stds: List[float],
+                           std_tensor: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """Kernel-level reference of ``noisefast_C::foreach_gaussian_noise``: new contiguous
+    tensors[k] + std_k * z_k."""
     values = check_operands(tensors, stds, std_tensor, in_place=False)
     seed_value = int(seed.reshape(()).item())
     return [noisy_value(t, seed_value, base, std).contiguous()

@@ -1,8 +1,8 @@
-"""Reference of the target-noise regularisers (label smoothing, mixup): the eager specification.
+"""Reference of ``mix_rows``, mixup's mixing pass: the eager specification.
 
 ``mix_rows`` is the kernel-level reference of ``noisefast_C::mix_rows`` (same arguments as the C++
-and Triton kernels); ``smooth_labels`` and ``mixup_inputs`` are the textbook eager formulas the
-public functions are tested against and the benchmarks' "eager" baseline.
+and Triton kernels); ``mixup_inputs`` is the textbook eager formula users write, the benchmarks'
+"eager" baseline.
 """
 from __future__ import annotations
 
@@ -32,9 +32,3 @@ def mixup_inputs(x: torch.Tensor, index: torch.Tensor, lam: float) -> torch.Tens
     """The eager mixup of Zhang et al. 2018 as users write it: ``lam * x + (1 - lam) * x[index]``
     (facebookresearch/mixup-cifar10, train.py, mixup_data), in x's dtype."""
     return lam * x + (1 - lam) * x[index, :]
-
-
-def smooth_labels(target: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
-    """(1 - eps) * onehot(target) + eps / num_classes (index targets, int64 [*] -> float32 [*, K])."""
-    onehot = torch.nn.functional.one_hot(target, num_classes).to(torch.float32)
-    return (1 - eps) * onehot + eps / num_classes

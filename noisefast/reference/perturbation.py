@@ -11,8 +11,8 @@ Kernel-level references take the kernels' arguments:
 - math in float32 (float64 for float64 x) in the kernels' order of operations, result rounded to
   x's dtype.
 
-Formulas: formulas.md sections 2 (consistency pairs, iCT) and 6 (DDPM-IP input perturbation,
-offset noise); noise from the portable stream (design.md).
+Formulas: docs/formulas.md, "iCT" (consistency pairs) and "Input perturbation and offset noise"
+(DDPM-IP, offset noise); noise from the portable stream (docs/design.md).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 
 from .._dtypes import math_dtype
 from ..random import STREAM_LEVELS, STREAM_NOISE, STREAM_OFFSET, STREAM_PERTURBATION
-from .random import normal_stream, uniform_stream
+from .philox import normal_stream, uniform_stream
 
 
 def _seed(seed: torch.Tensor) -> int:

@@ -1,8 +1,8 @@
 """Reference of the portable noise stream, in exact integer arithmetic.
 
 This is the specification the C++ (csrc/include/noisefast/philox.h) and Triton
-(noisefast/triton/philox.py) kernels are tested against. The definition is in design.md,
-"The portable noise stream"; in short, element j of stream ``s`` under seed ``k`` is lane j % 4 of
+(noisefast/triton/philox.py) kernels are tested against, and the source of every other reference's
+noise. The definition is in docs/design.md, "The portable noise stream"; in short, element j of stream ``s`` under seed ``k`` is lane j % 4 of
 Philox4x32-10 with counter (q_lo, q_hi, s_lo, s_hi), q = j // 4, key (k_lo, k_hi), turned into
 normals by Box-Muller in float32.
 
@@ -111,15 +111,3 @@ def uniform_stream(numel: int, seed: int, stream: int = 0, offset: int = 0, devi
     words = torch.stack(philox_words(seed, stream, blocks), dim=-1).reshape(-1)
     start = offset - first * NORMALS_PER_BLOCK
     return uniform_open01(words[start:start + numel])
-
-
-def philox_words_out(out: torch.Tensor, seed: torch.Tensor, stream: int, first_block: int) -> None:
-    """Kernel-level reference of ``noisefast_C::philox_words_out``: int64 [rows, 4] words."""
-    blocks = torch.arange(first_block, first_block + out.shape[0], dtype=torch.int64, device=out.device)
-    out.copy_(torch.stack(philox_words(int(seed.reshape(()).item()), stream, blocks), dim=-1))
-
-
-def randn_out(out: torch.Tensor, seed: torch.Tensor, stream: int, offset: int) -> None:
-    """Kernel-level reference of ``noisefast_C::randn_out``: fills ``out`` in place."""
-    z = normal_stream(out.numel(), int(seed.reshape(()).item()), stream, offset, device=out.device)
-    out.copy_(z.view(out.shape))

@@ -1,10 +1,10 @@
-"""Triton kernels of noisefast_C::consistency_output / consistency_output_backward.
+"""Triton kernels of noisefast_C::consistency_output_forward / consistency_output_backward.
 
 out = c_skip(sigma_b) x + c_out(sigma_b) raw; backward grad_raw = c_out g, grad_x = c_skip g and,
 for a sigma that requires grad, per-sample sums of g x and g raw combined with the derivatives of
 the scalings. Same math as csrc/cpu/consistency_output_cpu.cpp and the reference. raw, x and grad
-arrive sample-blocked with equal strides; the tiling is the pseudo-Huber kernels' (one program
-owns ROWS samples x COLS * ITERS elements; P chunks per sample).
+arrive sample-blocked with equal strides; the tiling is the pseudo-Huber kernels' (tiling.py: one
+program owns ROWS samples x COLS * ITERS elements; P chunks per sample).
 """
 import torch
 import triton
@@ -12,7 +12,7 @@ import triton.language as tl
 
 from .device import on_tensor_device
 from .philox import sqrt_rn
-from .pseudo_huber import _tiling
+from .tiling import sample_tiling
 
 
 
@@ -142,7 +142,7 @@ def consistency_output_forward(raw: torch.Tensor, x: torch.Tensor, sigma: torch.
         return out
     samples = raw.shape[0]
     elements = raw.numel() // samples
-    rows, cols, iters, chunks = _tiling(samples, elements)
+    rows, cols, iters, chunks = sample_tiling(samples, elements)
     sd, m, consts, from_ptr = _constant_args(sigma, sigma_data, sigma_min)
     _forward_kernel[(triton.cdiv(samples, rows) * chunks,)](
         raw, x, sigma, sd, m, consts, out, samples, elements, chunks,
@@ -160,7 +160,7 @@ def consistency_output_backward(grad, raw, x, sigma, sigma_data, sigma_min, want
         return grad_raw, grad_x, grad_sigma
     samples = raw.shape[0]
     elements = raw.numel() // samples
-    rows, cols, iters, chunks = _tiling(samples, elements)
+    rows, cols, iters, chunks = sample_tiling(samples, elements)
     sd, m, consts, from_ptr = _constant_args(sigma, sigma_data, sigma_min)
     shared = sigma.numel() == 1
     sums = torch.empty((samples * chunks * 2,) if want_sigma else (0,), dtype=sigma.dtype, device=raw.device)

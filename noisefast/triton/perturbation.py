@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dtypes import math_dtype
 from ..random import STREAM_LEVELS, STREAM_NOISE, STREAM_OFFSET, STREAM_PERTURBATION
 from .device import on_tensor_device
 from .levels import level_index, search_steps
@@ -167,10 +168,6 @@ def _num_blocks(n: int, offset: int) -> int:
     return (offset + n - 1) // 4 + 1 - offset // 4
 
 
-def _opmath(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _outputs(x: torch.Tensor):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
@@ -183,7 +180,7 @@ def consistency_pair(x, seed, sigma, sigma_next, inner: int, offset: int):
     n = x.numel()
     if n == 0:
         return cur, nxt
-    acc = _opmath(x)
+    acc = math_dtype(x.dtype)
     sigma, sigma_next = sigma.to(acc).contiguous(), sigma_next.to(acc).contiguous()
     grid = (triton.cdiv(_num_blocks(n, offset), BLOCKS_PER_PROGRAM),)
     _consistency_pair_kernel[grid](x, cur, nxt, seed, sigma, sigma_next, n, inner, offset,
@@ -199,7 +196,7 @@ def add_noise(x, seed, alpha, sigma, input_perturbation: float, offset_noise: fl
     n = x.numel()
     if n == 0:
         return noisy, target
-    acc = _opmath(x)
+    acc = math_dtype(x.dtype)
     alpha, sigma = alpha.to(acc).contiguous(), sigma.to(acc).contiguous()
     params_in_memory = acc == torch.float64
     params = (torch.tensor([input_perturbation, offset_noise], dtype=torch.float64, device=x.device)

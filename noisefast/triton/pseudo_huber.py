@@ -4,23 +4,21 @@ The same math as csrc/include/noisefast/pseudo_huber.h (the term s / (sqrt(s + c
 derivative e / root with 1/0 taken as 0). Input and target arrive sample-blocked with equal
 strides (see noisefast/ops/pseudo_huber.py), so sample b is memory [b*D, (b+1)*D).
 
-Tiling: a program owns a tile of ROWS samples x (COLS * ITERS) elements. Wide samples (D >= BLOCK)
-use ROWS = 1 and are cut into P chunks so that about TARGET_PROGRAMS programs run; narrow samples
-are packed ROWS to a program (B = 1e6 samples of D = 4 is 4e3 programs, not 1e6). The forward
-pass writes one partial sum per (sample, chunk); a second small kernel adds the partials of each
-sample in a fixed order (deterministic, no atomics) and applies the term. When P = 1 the first
-kernel finishes the job alone.
+Tiling (noisefast/triton/tiling.py, shared with the consistency output): a program owns a tile of
+ROWS samples x (COLS * ITERS) elements; a wide sample is cut into P chunks. The forward pass writes
+one partial sum per (sample, chunk); a second small kernel adds the partials of each sample in a
+fixed order (deterministic, no atomics) and applies the term. When P = 1 the first kernel finishes
+the job alone.
 """
 import torch
 import triton
 import triton.language as tl
 
+from .._dtypes import math_dtype
 from .device import on_tensor_device
 from .philox import sqrt_rn
+from .tiling import sample_tiling
 
-BLOCK = 1024           # elements per program per iteration (ROWS * COLS)
-TARGET_PROGRAMS = 1024  # enough to fill an H100 (132 SMs) several times over
-MAX_ITERS = 64         # at most 64K elements per program
 FINISH_BLOCK = 1024    # partials read per step by the finishing kernel
 
 
@@ -133,30 +131,15 @@ def _backward_kernel(a_ptr, b_ptr, grad_ptr, loss_ptr, c, c_ptr, ga_ptr, gb_ptr,
             tl.store(gb_ptr + offs, (-grad).to(out_ty), mask=mask)
 
 
-def _tiling(samples: int, elements: int):
-    """(ROWS, COLS, ITERS, P): the tile of one program and the number of chunks per sample."""
-    cols = min(BLOCK, triton.next_power_of_2(max(elements, 1)))
-    rows = BLOCK // cols
-    if cols < BLOCK:
-        return rows, cols, 1, 1
-    chunks_wanted = max(1, triton.cdiv(TARGET_PROGRAMS, samples))
-    iters = min(MAX_ITERS, triton.next_power_of_2(max(1, triton.cdiv(elements, BLOCK * chunks_wanted))))
-    return rows, cols, iters, triton.cdiv(elements, BLOCK * iters)
-
-
 def _c_args(c: float, like: torch.Tensor, acc: torch.dtype):
     if acc == torch.float64:
         return 0.0, torch.full((1,), c, dtype=acc, device=like.device), True
     return c, like, False  # c_ptr is not read: any pointer will do
 
 
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @on_tensor_device
 def pseudo_huber_forward(input: torch.Tensor, target: torch.Tensor, c: float, per_sample: bool) -> torch.Tensor:
-    acc = _math_dtype(input.dtype)
+    acc = math_dtype(input.dtype)
     samples = input.shape[0]
     loss = torch.empty((samples,), dtype=acc, device=input.device)
     if samples == 0:
@@ -164,7 +147,7 @@ def pseudo_huber_forward(input: torch.Tensor, target: torch.Tensor, c: float, pe
     elements = input.numel() // samples
     if elements == 0:  # what the kernels would give: a zero norm, or a mean over nothing
         return loss.fill_(0.0 if per_sample else float("nan"))
-    rows, cols, iters, chunks = _tiling(samples, elements)
+    rows, cols, iters, chunks = sample_tiling(samples, elements)
     c_value, c_ptr, c_from_ptr = _c_args(c, loss, acc)
     partial = loss if chunks == 1 else torch.empty((samples * chunks,), dtype=acc, device=input.device)
     grid = (triton.cdiv(samples, rows) * chunks,)
@@ -180,7 +163,7 @@ def pseudo_huber_forward(input: torch.Tensor, target: torch.Tensor, c: float, pe
 @on_tensor_device
 def pseudo_huber_backward(grad: torch.Tensor, input: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
                           c: float, per_sample: bool, want_input: bool, want_target: bool):
-    acc = _math_dtype(input.dtype)
+    acc = math_dtype(input.dtype)
     empty = input.new_empty((0,))
     grad_input = torch.empty_like(input) if want_input else empty
     grad_target = torch.empty_like(input) if want_target else empty
@@ -188,7 +171,7 @@ def pseudo_huber_backward(grad: torch.Tensor, input: torch.Tensor, target: torch
     if input.numel() == 0 or not (want_input or want_target):
         return grad_input, grad_target
     elements = input.numel() // samples
-    rows, cols, iters, chunks = _tiling(samples, elements)
+    rows, cols, iters, chunks = sample_tiling(samples, elements)
     c_value, c_ptr, c_from_ptr = _c_args(c, loss, acc)
     grid = (triton.cdiv(samples, rows) * chunks,)
     _backward_kernel[grid](input, target, grad, loss, c_value, c_ptr,

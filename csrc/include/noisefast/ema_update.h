@@ -82,7 +82,7 @@ NF_HOST_DEVICE acc_t ema_blend(acc_t ema, acc_t x, acc_t w) {
 }
 
 // The operands of one EMA update as raw pointers: what the CPU and CUDA kernels see. Built by
-// the torch-facing glue (with_ema_operands in csrc/cpu/ema_cpu.cpp) from non-empty tensors whose
+// the torch-facing code (with_ema_operands in csrc/ops/ema_update.cpp) from non-empty tensors whose
 // shadows share their memory layout, so element k of a weight is element k of each shadow.
 struct EmaOperands {
   int64_t num_tensors = 0;

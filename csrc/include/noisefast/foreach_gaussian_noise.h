@@ -1,6 +1,7 @@
-// Operands of the list-of-tensors noise kernels (noisefast_C::add_noise_ and noisy_copies), as raw
-// pointers: the CPU kernel (csrc/cpu/add_noise_cpu.cpp) and the CUDA launcher
-// (csrc/cuda/add_noise.cu, which must not see torch headers) take the same struct.
+// Operands of the multi-tensor noise kernels (noisefast_C::foreach_gaussian_noise_ and
+// foreach_gaussian_noise), as raw pointers: the CPU kernel (csrc/cpu/foreach_gaussian_noise_cpu.h)
+// and the CUDA launcher (csrc/cuda/foreach_gaussian_noise.cu, which must not see torch headers) take
+// the same struct, built by csrc/ops/foreach_gaussian_noise.cpp.
 //
 // For every tensor i: dst[i][j] = src[i][j] + std_i * z[bases[i] + j], j < numels[i], z the normal
 // stream kStreamNoise under the call's seed (src[i] == dst[i] in place). std_i is stds[i], or the
@@ -15,7 +16,7 @@
 
 namespace noisefast {
 
-struct AddNoiseOperands {
+struct ForeachGaussianNoiseOperands {
   int64_t num_tensors = 0;          // tensors listed below: all non-empty, contiguous
   const void* const* src = nullptr;
   void* const* dst = nullptr;

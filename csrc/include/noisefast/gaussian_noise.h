@@ -1,6 +1,6 @@
 // Gaussian noise injection, one element: x + sigma * z, in the math type (float for float32,
 // float16 and bfloat16 data; double for float64), rounded once to the storage type by the caller.
-// gaussian_noise and add_noise_/noisy_copies (CPU and CUDA) all call this, so every noise op
+// gaussian_noise and foreach_gaussian_noise(_) (CPU and CUDA) all call this, so every noise op
 // computes the same value for the same (x, sigma, z).
 #pragma once
 

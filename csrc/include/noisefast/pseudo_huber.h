@@ -1,9 +1,10 @@
 // The pseudo-Huber term of the consistency loss and its derivative, for C++ code on the host (g++)
-// and on CUDA (nvcc). The CPU kernel (csrc/cpu/pseudo_huber_cpu.cpp) and any CUDA kernel include
+// and on CUDA (nvcc). The CPU kernel (csrc/cpu/pseudo_huber_cpu.h) and any CUDA kernel include
 // this header; the Triton kernels (noisefast/triton/pseudo_huber.py) and the reference
 // (noisefast/reference/loss.py) implement the same definitions.
 //
-// Definition (iCT, Song & Dhariwal 2023; formulas.md section 2): for a squared distance s >= 0,
+// Definition (iCT, Song & Dhariwal 2023; docs/formulas.md, "Pseudo-Huber loss"): for a squared
+// distance s >= 0,
 //   d(s) = sqrt(s + c^2) - c,     c >= 0.
 // s is ||a_b - b_b||^2 over a whole sample (per-sample form, the paper's and locuslab/ect's) or
 // (a_i - b_i)^2 for one element (per-element form, Kinyugo/consistency_models, diffusers).
@@ -20,7 +21,6 @@
 #pragma once
 
 #include <math.h>
-#include <stdint.h>
 
 #include <limits>
 
@@ -54,25 +54,5 @@ template <typename T>
 NF_HOST_DEVICE T pseudo_huber_element_grad(T e, T c) {
   return e * pseudo_huber_inv_root(ph_sqrt(e * e + c * c));
 }
-
-// Work split shared by the per-sample reductions (the pseudo-Huber loss, the sigma gradient of
-// the consistency output): sample b's D elements are cut into `per_sample` chunks of at most
-// `chunk` elements; task t covers chunk t % per_sample of sample t / per_sample. A sample with no
-// elements still owns one (empty) chunk, so every sample gets a partial sum.
-struct SampleChunks {
-  int64_t samples, elements, chunk, per_sample;
-
-  NF_HOST_DEVICE SampleChunks(int64_t samples_, int64_t elements_, int64_t chunk_)
-      : samples(samples_), elements(elements_), chunk(chunk_),
-        per_sample(elements_ > 0 ? (elements_ + chunk_ - 1) / chunk_ : 1) {}
-
-  NF_HOST_DEVICE int64_t tasks() const { return samples * per_sample; }
-  NF_HOST_DEVICE int64_t sample_of(int64_t task) const { return task / per_sample; }
-  NF_HOST_DEVICE int64_t begin_of(int64_t task) const { return (task % per_sample) * chunk; }
-  NF_HOST_DEVICE int64_t end_of(int64_t task) const {
-    const int64_t end = begin_of(task) + chunk;
-    return end < elements ? end : elements;
-  }
-};
 
 }  // namespace noisefast
