@@ -66,7 +66,7 @@ def smooth_labels(target: torch.Tensor, num_classes: int, eps: float, *,
     The convention of ``torch.nn.CrossEntropyLoss(label_smoothing=eps)``:
     ``F.cross_entropy(logits, smooth_labels(y, K, eps))`` equals
     ``F.cross_entropy(logits, y, label_smoothing=eps)``. Source: Szegedy et al. 2016, "Rethinking
-    the Inception Architecture for Computer Vision", section 7 (formulas.md section 8).
+    the Inception Architecture for Computer Vision", section 7 (docs/formulas.md section 8).
 
     Args:
         target: class indices, an integer tensor of any shape [*] with values in [0, num_classes)
@@ -160,7 +160,7 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, *,
 
     lam ~ Beta(alpha, alpha), one per batch; index = a uniformly random permutation of the batch;
     ``x~ = lam * x + (1 - lam) * x[index]``, ``loss = lam * CE(out, y) + (1 - lam) * CE(out, y[index])``
-    (formulas.md section 8; facebookresearch/mixup-cifar10). alpha = 1.0 for CIFAR-10, 0.2 for
+    (docs/formulas.md section 8; facebookresearch/mixup-cifar10). alpha = 1.0 for CIFAR-10, 0.2 for
     ImageNet in the paper; alpha <= 0 means lam = 1 (the authors' code), so x~ equals x.
 
     Args:

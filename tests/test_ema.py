@@ -20,7 +20,7 @@ from tests.helpers import assert_close
 
 
 def test_ramp_schedule_pinned():
-    """formulas.md section 7: diffusers' default (1 + u) / (10 + u), u = step - 1."""
+    """docs/formulas.md section 7: diffusers' default (1 + u) / (10 + u), u = step - 1."""
     got = [ema_decay(s, 0.9999, warmup="ramp") for s in (1, 2, 3, 10, 100, 1000)]
     assert [round(v, 4) for v in got] == [0.0, 0.1818, 0.25, 0.5263, 0.9174, 0.9911]
     assert got[1] == 2 / 11 and got[2] == 3 / 12

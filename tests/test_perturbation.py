@@ -1,5 +1,5 @@
-"""Tests of consistency_pair, add_noise and the fused level-sampling op (noisefast/ops/perturbation.py,
-noisefast/ops/sampled_pair.py) on every backend that runs here (Triton through the interpreter)."""
+"""Tests of consistency_pair, add_noise and the fused level-sampling op sampled_consistency_pair
+(noisefast/ops/perturbation.py) on every backend that runs here (Triton through the interpreter)."""
 from __future__ import annotations
 
 import math
@@ -94,7 +94,7 @@ def test_sampled_pair_matches_reference(backend, shape):
     x = data(shape, torch.float32)
     sigmas = torch.tensor([0.002, 0.0167, 0.0851, 0.3183, 0.9654, 2.5152, 5.8389, 12.3816, 24.4083, 45.3137, 80.0],
                           dtype=torch.float64)
-    # iCT's log-normal probabilities for these 11 levels (formulas.md section 2), and a zero entry.
+    # iCT's log-normal probabilities for these 11 levels (docs/formulas.md section 2), and a zero entry.
     probs = torch.tensor([0.0626, 0.1817, 0.2455, 0.2135, 0.1424, 0.0806, 0.0, 0.0607, 0.0089, 0.0041],
                          dtype=torch.float64)
     cdf = probs.cumsum(0) / probs.sum()

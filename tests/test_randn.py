@@ -36,7 +36,7 @@ def philox_python(counter, key):
 
 
 def normals_python(seed, stream, j):
-    """Element j of the normal stream with numpy float32 math (design.md's definition)."""
+    """Element j of the normal stream with numpy float32 math (docs/design.md's definition)."""
     q, lane = divmod(j, 4)
     w = philox_python([q & MASK, q >> 32, stream & MASK, stream >> 32], [seed & MASK, seed >> 32])
     u = [np.float32(((x >> 9) * 2 + 1) * 2.0 ** -24) for x in w]

@@ -1,4 +1,4 @@
-"""Tests of noisefast.schedules: pinned values from formulas.md, independent re-derivations (math,
+"""Tests of noisefast.schedules: pinned values from docs/formulas.md, independent re-derivations (math,
 numpy, scipy, mpmath; never the code under test), chi-square and KS tests of the samplers with
 fixed seeds, the argument guards and reproducibility."""
 from __future__ import annotations

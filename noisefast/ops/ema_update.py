@@ -109,7 +109,7 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
     """In place, for every i: ``ema_tensors[i] = decay * ema_tensors[i] + (1 - decay) * tensors[i]``.
 
     Computed as ``ema_tensors[i].lerp_(tensors[i], 1 - decay)`` (bit for bit in float32; see
-    noisefast/reference/ema.py for the rounding of the weight), in one fused pass over all tensors:
+    noisefast/reference/ema_update.py for the rounding of the weight), in one fused pass over all tensors:
     one CUDA launch for as many tensors as one launch's 4 KiB of kernel arguments can describe (a
     few launches for longer lists; the capacity is derived in csrc/cuda/multi_tensor_apply.cuh,
     mta_max_tensors), one parallel loop on the CPU. Exponential moving averages of weights: Polyak & Juditsky 1992; the usual form in

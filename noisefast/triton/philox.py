@@ -1,6 +1,6 @@
 """The portable noise stream inside Triton kernels: four normals per ``tl.philox`` call.
 
-Same definition as csrc/include/noisefast/philox.h and noisefast/reference/random.py (design.md,
+Same definition as csrc/include/noisefast/philox.h and noisefast/reference/philox.py (docs/design.md,
 "The portable noise stream"). ``tl.philox`` computes exactly Random123's Philox4x32-10 with key
 (seed_lo, seed_hi); we pass all four counter words ourselves, (q_lo, q_hi, stream_lo, stream_hi),
 because ``tl.randint4x`` leaves the stream words at zero.

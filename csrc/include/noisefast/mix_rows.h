@@ -4,7 +4,7 @@
 // lam arrives as a double. Both weights are formed in double and each rounded once to the math type
 // (float for float32, float16 and bfloat16 storage; double for float64), so that lam = 1 gives
 // exactly (1, 0) and the output is exactly a; the blend is then computed in the math type and the
-// result rounded once to the storage type. noisefast/reference/targets.py (mix_rows) and the
+// result rounded once to the storage type. noisefast/reference/mix_rows.py and the
 // Triton kernel (noisefast/triton/mix_rows.py) follow the same order of operations.
 #pragma once
 

@@ -3,7 +3,7 @@
 // This header is the ONE definition of noisefast's randomness for C++ code. The CPU kernels
 // (g++) and the CUDA kernels (nvcc) include it, so a CPU test exercises the same arithmetic the
 // GPU runs. The Triton kernels (noisefast/triton/philox.py) and the reference
-// (noisefast/reference/random.py) implement the same definition; ../../../shared/design.md
+// (noisefast/reference/philox.py) implement the same definition; docs/design.md
 // ("The portable noise stream") is the specification:
 //
 //   key     (k0, k1) = (low 32, high 32) of a 64-bit seed

@@ -1,7 +1,7 @@
 // The pseudo-Huber term of the consistency loss and its derivative, for C++ code on the host (g++)
 // and on CUDA (nvcc). The CPU kernel (csrc/cpu/pseudo_huber_cpu.h) and any CUDA kernel include
 // this header; the Triton kernels (noisefast/triton/pseudo_huber.py) and the reference
-// (noisefast/reference/loss.py) implement the same definitions.
+// (noisefast/reference/pseudo_huber.py) implement the same definitions.
 //
 // Definition (iCT, Song & Dhariwal 2023; docs/formulas.md, "Pseudo-Huber loss"): for a squared
 // distance s >= 0,
