@@ -23,7 +23,6 @@ from noisefast.ops import gaussian_noise as op_noise
 from noisefast.ops import perturbation as op_perturbation
 from noisefast.ops import pseudo_huber as op_loss
 from noisefast.ops import randn as op_randn
-from noisefast.ops import sampled_pair as op_sampled
 
 DIM = 16
 
@@ -114,7 +113,7 @@ def main(argv=None) -> int:
         ("consistency_pair", op_perturbation.PAIR_KERNELS, lambda: noisefast.consistency_pair(x, sigma, sigma + 0.1)),
         ("add_noise (IP + offset)", op_perturbation.ADD_NOISE_KERNELS,
          lambda: noisefast.add_noise(x, sigma, input_perturbation=0.1, offset_noise=0.1)),
-        ("ConsistencyNoise.sample", op_sampled.KERNELS, lambda: noise.sample(x, args.steps - 1)),
+        ("ConsistencyNoise.sample", op_perturbation.SAMPLED_PAIR_KERNELS, lambda: noise.sample(x, args.steps - 1)),
         ("pseudo_huber_loss fwd+bwd", op_loss.FORWARD, loss_fwd_bwd),
         ("consistency_output", op_output.FORWARD, lambda: noisefast.consistency_output(x, x, sigma)),
         ("ema_update_ (4 tensors)", op_ema.KERNELS, lambda: noisefast.ema_update_(shadows, weights, 0.999)),

@@ -3,7 +3,8 @@
 // hardware float16 conversion), the copy used where the CPU has them. Without it the extension
 // would run the baseline everywhere: torch's build flags do not enable AVX2 for extensions.
 //
-//   template <bool kAvx2> NF_ALWAYS_INLINE void body(...);   // the loop, written once
+//   template <bool kAvx2> NF_ALWAYS_INLINE void body(...);   // the loop, written once (a template on
+//                                                            // kAvx2 only when it calls intrinsics)
 //   void body_baseline(...) { body<false>(...); }
 //   #if NF_CPU_MULTIVERSION
 //   NF_TARGET_AVX2 void body_avx2(...) { body<true>(...); }
@@ -15,12 +16,18 @@
 // (other architectures, other compilers) only the baseline copy exists.
 #pragma once
 
+// NF_TARGET_AVX2_NO_FMA is the same copy without fused multiply-adds, for loops whose results must
+// not depend on the CPU: with FMA available the compiler contracts a * b + c into one rounding,
+// which the baseline copy cannot do, and the two copies would disagree in the last bit. The noise
+// stream (normal_stream_cpu.h) is compiled so: a seed gives the same normals on every x86-64 CPU.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define NF_CPU_MULTIVERSION 1
 #define NF_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define NF_TARGET_AVX2_NO_FMA __attribute__((target("avx2")))
 #else
 #define NF_CPU_MULTIVERSION 0
 #define NF_TARGET_AVX2
+#define NF_TARGET_AVX2_NO_FMA
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)

@@ -69,7 +69,9 @@ inline void normal_chunk_baseline(uint64_t seed, uint64_t stream, uint64_t q0, i
 }
 
 #if NF_CPU_MULTIVERSION
-NF_TARGET_AVX2 inline void normal_chunk_avx2(uint64_t seed, uint64_t stream, uint64_t q0, int count, float* z) {
+// Without FMA (multiversion_cpu.h): the normals are then the same on every x86-64 CPU.
+NF_TARGET_AVX2_NO_FMA inline void normal_chunk_avx2(uint64_t seed, uint64_t stream, uint64_t q0, int count,
+                                                    float* z) {
   normal_chunk_body(seed, stream, q0, count, z);
 }
 #endif
