@@ -310,7 +310,7 @@ def test_opcheck():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
 def test_cuda_matches_reference(dtype):
-    # 200 tensors: several launches (89 tensors each); sizes straddle the 65536-element chunks.
+    # 200 tensors: several launches (more than one launch's capacity); sizes straddle the 65536-element chunks.
     sizes = [(k * 7919) % 70001 for k in range(200)] + [131073, 65536, 65537]
     ts = [t.cuda() for t in make(sizes, dtype)]
     ref = [t.cpu() for t in ts]

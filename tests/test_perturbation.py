@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import noisefast
+from noisefast._dtypes import math_dtype
 from noisefast.ops.perturbation import add_noise, add_noise_op, consistency_pair, consistency_pair_op
 from noisefast.ops.perturbation import sampled_consistency_pair, sampled_consistency_pair_op
 from noisefast.random import STREAM_NOISE, STREAM_OFFSET, STREAM_PERTURBATION, draw_seed
@@ -38,8 +39,6 @@ def tol(dtype: torch.dtype):
             torch.float16: (2 ** -10, 1e-3), torch.bfloat16: (2 ** -7, 1e-2)}[dtype]
 
 
-def opmath(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def data(shape, dtype, *, seed=0):
@@ -60,7 +59,7 @@ def per_sample(batch, dtype=torch.float32, *, low=0.0, high=2.0, seed=1):
 def test_consistency_pair_matches_reference(backend, dtype, shape):
     x = data(shape, dtype)
     batch, numel = shape[0], x.numel()
-    acc = opmath(dtype)
+    acc = math_dtype(dtype)
     sigma, sigma_next = per_sample(batch, acc), per_sample(batch, acc, low=2.0, high=80.0, seed=2)
     for offset in OFFSETS:
         out = run_on(backend, consistency_pair_op, x, seed_tensor(), sigma, sigma_next, numel // batch, offset)
@@ -78,7 +77,7 @@ def test_consistency_pair_matches_reference(backend, dtype, shape):
 def test_add_noise_matches_reference(backend, dtype, shape, gamma, offset_noise):
     x = data(shape, dtype)
     batch, channels, numel = shape[0], shape[1], x.numel()
-    acc = opmath(dtype)
+    acc = math_dtype(dtype)
     alpha, sigma = per_sample(batch, acc, low=0.1, high=1.0, seed=3), per_sample(batch, acc, seed=4)
     args = (alpha, sigma, gamma, offset_noise, numel // batch, numel // (batch * channels), 5)
     out = run_on(backend, add_noise_op, x, seed_tensor(), *args)
@@ -392,7 +391,7 @@ def test_compile_fullgraph_cpu():
 def test_cuda_kernels_match_reference(dtype, shape):
     x = data(shape, dtype).cuda()
     batch, channels = shape[0], shape[1]
-    acc = opmath(dtype)
+    acc = math_dtype(dtype)
     sigma = per_sample(batch, acc).cuda()
     sigma_next = per_sample(batch, acc, low=2.0, high=80.0, seed=2).cuda()
     seed = seed_tensor().cuda()
