@@ -22,6 +22,9 @@
 
 namespace noisefast {
 namespace cpu {
+// Internal to the translation unit of csrc/ops/consistency_output.cpp, the one file that includes this header:
+// the compiler inlines as freely as when each kernel file was compiled on its own.
+namespace {
 
 constexpr int64_t kTaskElements = int64_t{1} << 14;
 
@@ -187,6 +190,7 @@ inline void consistency_output_backward(const at::Tensor& grad, const at::Tensor
   });
 }
 
+}  // namespace
 }  // namespace cpu
 
 }  // namespace noisefast

@@ -25,6 +25,9 @@
 
 namespace noisefast {
 namespace cpu {
+// Internal to the translation unit of csrc/ops/ema_update.cpp, the one file that includes this header:
+// the compiler inlines as freely as when each kernel file was compiled on its own.
+namespace {
 
 // Elements per block: the weight's block is converted to the math type once and blended into every
 // profile while it sits in L1 (4 KiB of float32 per staging buffer; measured on an EPYC with a
@@ -131,5 +134,6 @@ inline void ema_update(const EmaOperands& ops) {
   });
 }
 
+}  // namespace
 }  // namespace cpu
 }  // namespace noisefast

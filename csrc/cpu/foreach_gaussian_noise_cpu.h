@@ -25,6 +25,9 @@
 
 namespace noisefast {
 namespace cpu {
+// Internal to the translation unit of csrc/ops/foreach_gaussian_noise.cpp, the one file that includes this header:
+// the compiler inlines as freely as when each kernel file was compiled on its own.
+namespace {
 
 // Elements [from, from + count) of one tensor with normals z[0 .. count).
 template <typename scalar_t>
@@ -75,5 +78,6 @@ inline void foreach_gaussian_noise(const ForeachGaussianNoiseOperands& ops, uint
   });
 }
 
+}  // namespace
 }  // namespace cpu
 }  // namespace noisefast

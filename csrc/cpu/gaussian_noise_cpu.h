@@ -16,6 +16,9 @@
 
 namespace noisefast {
 namespace cpu {
+// Internal to the translation unit of csrc/ops/gaussian_noise.cpp, the one file that includes this header:
+// the compiler inlines as freely as when each kernel file was compiled on its own.
+namespace {
 
 // x and out contiguous, of one shape and dtype; scale undefined (std alone) or a contiguous
 // [period] tensor of the math type; inner >= 1.
@@ -53,5 +56,6 @@ inline void gaussian_noise(const at::Tensor& x, at::Tensor& out, uint64_t seed, 
   });
 }
 
+}  // namespace
 }  // namespace cpu
 }  // namespace noisefast

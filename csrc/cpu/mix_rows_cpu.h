@@ -23,6 +23,9 @@
 
 namespace noisefast {
 namespace cpu {
+// Internal to the translation unit of csrc/ops/mix_rows.cpp, the one file that includes this header:
+// the compiler inlines as freely as when each kernel file was compiled on its own.
+namespace {
 
 // Elements per parallel task: big enough to amortise a task, small enough to split one large
 // row (an image) over the threads.
@@ -99,6 +102,7 @@ inline void mix_rows(const at::Tensor& x, const int64_t* idx_data, double lam_va
   });
 }
 
+}  // namespace
 }  // namespace cpu
 
 }  // namespace noisefast

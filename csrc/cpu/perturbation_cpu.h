@@ -29,10 +29,13 @@
 
 namespace noisefast {
 namespace cpu {
+// Internal to the translation unit of csrc/ops/perturbation.cpp, the one file that includes this header:
+// the compiler inlines as freely as when each kernel file was compiled on its own.
+namespace {
 
 // Calls run(begin, end, p) for the maximal sub-ranges of [i0, i1) whose elements share p = i / inner.
 template <typename Run>
-void for_each_run(int64_t i0, int64_t i1, int64_t inner, const Run& run) {
+inline void for_each_run(int64_t i0, int64_t i1, int64_t inner, const Run& run) {
   for (int64_t i = i0; i < i1;) {
     const int64_t p = i / inner;
     const int64_t end = std::min(i1, (p + 1) * inner);
@@ -153,5 +156,6 @@ inline void sample_levels(uint64_t seed, const at::Tensor& sigmas, const at::Ten
   });
 }
 
+}  // namespace
 }  // namespace cpu
 }  // namespace noisefast

@@ -14,6 +14,9 @@
 
 namespace noisefast {
 namespace cpu {
+// Internal to the translation unit of csrc/ops/randn.cpp, the one file that includes this header:
+// the compiler inlines as freely as when each kernel file was compiled on its own.
+namespace {
 
 // out (contiguous, any float dtype) = elements offset .. offset + numel - 1 of normal stream `stream`.
 inline void randn(at::Tensor& out, uint64_t seed, uint64_t stream, uint64_t offset) {
@@ -38,5 +41,6 @@ inline void philox_words(at::Tensor& out, uint64_t seed, uint64_t stream, uint64
   });
 }
 
+}  // namespace
 }  // namespace cpu
 }  // namespace noisefast
