@@ -21,7 +21,7 @@ SHELL       := /bin/bash
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: venv install test demo quickstart bench gpu-build gpu-test gpu-bench-noise gpu-bench-training gpu-check clean
+.PHONY: venv install triton36 test demo quickstart bench gpu-build gpu-test gpu-bench-noise gpu-bench-training gpu-check clean
 
 $(VENV)/.torch-installed:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,17 @@ install: venv
 	grep -E "^ *noisefast:|nvcc |Successfully installed" build.log | cut -c1-220
 	$(PY) -c "import noisefast, sys; b = noisefast.backends(); print('noisefast backends:', b); sys.exit(0 if b['cpu'] else 1)"
 
-test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# Triton 3.6.0, the GPU machine's, beside CI's: tests/test_aot_triton.py compiles every kernel
+# variant under both (no GPU needed). Installed once into the build tree (about 30 s, 640 MB).
+TRITON36_DIR ?= build/triton-3.6.0
+$(TRITON36_DIR)/.installed: | $(VENV)/.torch-installed
+	$(PIP) install --quiet --no-deps --target $(TRITON36_DIR) triton==3.6.0
+	touch $@
+
+triton36: $(TRITON36_DIR)/.installed
+
+test: install triton36
+	NOISEFAST_TRITON36_DIR=$(abspath $(TRITON36_DIR)) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The main example: consistency training on scikit-learn's digits (about 5 minutes on 2 CPU cores).
 demo: install
