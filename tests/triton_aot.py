@@ -20,9 +20,11 @@ every launcher a ``Kernels`` table of noisefast/ops names, every kernel launched
 noisefast/triton, each value of each boolean constexpr.
 
 Each distinct variant is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda",
-90, 32))``; its cubin's resource usage (cuobjdump -res-usage) must show no stack and no local
-memory (spills), and its PTX no approximate float32 division (``div.full.f32``, what ``/`` lowers to;
-``tl.div_rn`` is exact). Exit status 1 on any failure; a table of registers per kernel is printed.
+90, 32))``. It fails on a compile error; on any stack frame or local memory in the cubin (register
+spills, or arrays the compiler could not keep in registers: cuobjdump -res-usage); and on
+approximate float32 arithmetic in the PTX (``div.full.f32``, what ``/`` lowers to; see
+noisefast/triton/rounding.py). Exit status 1 on any failure; a table of registers per kernel is
+printed.
 """
 from __future__ import annotations
 
@@ -323,9 +325,9 @@ def compile_one(index):
     finally:
         os.unlink(f.name)
     (symbol, use), = usage.items()
-    approximate = sorted(set(APPROXIMATE.findall(compiled.asm["ptx"])))
     result.update(registers=use.registers, stack=use.stack, local=use.local, num_warps=compiled.metadata.num_warps,
-                  approximate=approximate, seconds=time.perf_counter() - start)
+                  approximate=sorted(set(APPROXIMATE.findall(compiled.asm["ptx"]))),
+                  seconds=time.perf_counter() - start)
     return result
 
 
@@ -349,7 +351,7 @@ def problems(result):
         return ["compile error"]
     found = []
     if result["stack"] or result["local"]:
-        found.append(f"spills: stack {result['stack']} B, local {result['local']} B")
+        found.append(f"stack frame {result['stack']} B, local memory {result['local']} B per thread (spills)")
     if result["approximate"]:
         found.append("approximate float32 arithmetic: " + ", ".join(result["approximate"]))
     return found
