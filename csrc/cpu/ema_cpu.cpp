@@ -29,6 +29,7 @@
 
 #include "noisefast/ema.h"
 #include "noisefast/ema_operands.h"
+#include "noisefast/shared_elements.h"
 #include "noisefast/torch_checks.h"
 #include "convert_cpu.h"  // widen / narrow: float16 and bfloat16 <-> the math type
 
@@ -130,6 +131,10 @@ void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef
       pairing = this_pairing;
     }
   }
+  // A shadow listed twice (or two overlapping views) would be blended twice, and on CUDA by two
+  // blocks at once: a race.
+  check_no_shared_elements(emas, [&](int64_t k) { return shadow_name(multi, k / n, k % n); },
+                           "their common elements would be updated twice");
   // Everything is checked: from here on nothing raises for a reason the user controls.
   for (int64_t i = 0; i < n; ++i) {
     at::Tensor x = tensors[i];

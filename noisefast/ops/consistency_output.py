@@ -24,6 +24,7 @@ from .._dtypes import math_dtype
 from .._library import Kernels
 from ..reference.loss import consistency_scalings as _scalings_formula
 from ._checks import check_float_tensor, check_nonnegative_values
+from ._scalars import scalar_on
 from .pseudo_huber import blocked_layout, like_layout
 
 FORWARD = Kernels(
@@ -128,7 +129,7 @@ def _sigma_tensor(sigma, raw: torch.Tensor) -> torch.Tensor:
                          f"(or [B, 1, ..., 1]), got shape {tuple(sigma.shape)}")
     if flat.device != raw.device:
         if flat.device.type == "cpu" and sigma.dim() == 0:
-            flat = flat.to(raw.device)
+            flat = scalar_on(sigma, raw.device, sigma.dtype)  # no host-to-device copy
         else:
             raise ValueError(f"sigma is on {sigma.device} but raw is on {raw.device}")
     return flat

@@ -151,8 +151,8 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
 
     Raises (before anything is written): TypeError/ValueError naming ``ema_tensors``, ``tensors``
     or ``decay`` for non-lists, different lengths, shapes, devices or unsupported dtypes, internally
-    overlapping shadows, a decay outside [0, 1] (checked for numbers and CPU tensors). Empty lists
-    and empty tensors are no-ops. A tensor listed twice among the shadows is updated twice.
+    overlapping shadows, shadows that share memory (a tensor listed twice), a decay outside [0, 1]
+    (checked for numbers and CPU tensors). Empty lists and empty tensors are no-ops.
     """
     ema_tensors = _tensor_list(ema_tensors, "ema_tensors")
     tensors = _tensor_list(tensors, "tensors")

@@ -24,6 +24,7 @@ from .._dtypes import math_dtype
 from .._library import Kernels
 from ..random import STREAM_NOISE, draw_seed
 from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values, values_checkable
+from ._scalars import scalar_on
 from .randn import randn_out
 
 Scalar = Union[float, torch.Tensor]
@@ -207,7 +208,10 @@ def per_sample_arguments(x: torch.Tensor, values: Dict[str, Scalar], *,
     tensors = []
     for name, value in values.items():
         if isinstance(value, torch.Tensor):
-            t = value.to(device=x.device, dtype=acc).reshape(-1)
+            if value.dim() == 0 and value.device != x.device:
+                t = scalar_on(value, x.device, acc)  # no host-to-device copy
+            else:
+                t = value.to(device=x.device, dtype=acc).reshape(-1)
             tensors.append(t.expand(count) if t.numel() == 1 and count != 1 else t)
         else:
             tensors.append(torch.full((count,), float(value), dtype=acc, device=x.device))

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..ops._checks import FLOAT_DTYPES
+from .list_noise import _share_memory  # the kernels' rule (csrc/cpu/shared_elements_cpu.cpp)
 
 
 def math_dtype(shadow_dtype: torch.dtype) -> torch.dtype:
@@ -90,6 +91,12 @@ def check_operands(emas: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]
             if e.dtype != emas[i].dtype:
                 raise ValueError(f"{name} is {e.dtype} but {_shadow_name(multi, 0, i)} is {emas[i].dtype}: "
                                  "the profiles of one tensor must share a dtype")
+    live = [k for k, e in enumerate(emas) if e.numel() > 0]
+    for a in range(len(live)):
+        for b in range(a + 1, len(live)):
+            if _share_memory(emas[live[a]], emas[live[b]]):
+                first, second = (_shadow_name(multi, k // n, k % n) for k in (live[a], live[b]))
+                raise ValueError(f"{first} and {second} share memory: their common elements would be updated twice")
 
 
 def ema_blend_(shadow: torch.Tensor, x: torch.Tensor, decay: float) -> None:

@@ -24,7 +24,8 @@ TWO_POW_MINUS_24 = tl.constexpr(5.9604644775390625e-08)
 
 # sincos_2pi: a Cody-Waite reduction by pi/2 in three parts (Cephes' sinf constants, doubled: the
 # first two have few enough bits that j * part is exact for the quadrants j <= 4 that angles below
-# 2 pi need) and Cephes' minimax polynomials for sin and cos on [-pi/4, pi/4].
+# 2 pi need) and Cephes' minimax polynomials for sin and cos on [-pi/4, pi/4]: the C++ kernels'
+# box_muller_sincos (csrc/include/noisefast/philox.h), operation for operation.
 TWO_OVER_PI = tl.constexpr(0.636619772367581343)
 PIO2_1 = tl.constexpr(1.5703125)
 PIO2_2 = tl.constexpr(4.837512969970703125e-4)
@@ -72,15 +73,15 @@ def sincos_2pi(u):
     """(cos theta, sin theta) of theta = u * float32(2 pi), for float32 u in (0, 1).
 
     At most 1.6 ulp from the exact cosine and sine of theta (every possible u is checked in
-    tests/test_random.py), as CUDA's sincosf (2 ulp), with no slow path: theta < 2 pi."""
+    tests/test_triton_numerics.py; CUDA's sincosf: 2 ulp), with no slow path: theta < 2 pi."""
     theta = u * TWO_PI_F32
     j = tl.floor(theta * TWO_OVER_PI + 0.5)  # the quadrant, 0 .. 4
     r = theta - j * PIO2_1  # exact
     r = r - j * PIO2_2
     r = r - j * PIO2_3      # r = theta - j pi / 2, in [-pi/4, pi/4] (a hair beyond at the edges)
     z = r * r
-    s = ((SIN_3 * z + SIN_2) * z + SIN_1) * z * r + r
-    c = ((COS_3 * z + COS_2) * z + COS_1) * z * z - 0.5 * z + 1.0
+    s = r + r * z * ((SIN_3 * z + SIN_2) * z + SIN_1)
+    c = 1.0 - 0.5 * z + z * z * ((COS_3 * z + COS_2) * z + COS_1)
     quadrant = j.to(tl.int32) & 3
     sin = tl.where(quadrant == 0, s, tl.where(quadrant == 1, c, tl.where(quadrant == 2, -s, -c)))
     cos = tl.where(quadrant == 0, c, tl.where(quadrant == 1, -s, tl.where(quadrant == 2, -c, s)))
