@@ -150,6 +150,25 @@ def _x(*shape, dtype=torch.float32):
     return torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype).cuda()
 
 
+def _capture(step):
+    """(graph, outputs) of step captured in a CUDA graph after two warm-up calls on a side stream
+    (Triton compiles, caches fill), with any host synchronisation during capture an error."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.cuda.graph(graph):
+            out = step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return graph, out
+
+
 def _tensors(out):
     if isinstance(out, torch.Tensor):
         return [out]
@@ -191,19 +210,7 @@ RANDOM_CASES = ["gaussian_noise", "gaussian_noise_per_sample", "consistency_pair
 @pytest.mark.parametrize("case", RANDOM_CASES)
 def test_cuda_graph_replays_draw_fresh_noise_from_the_stream(case):
     step = _random_cases()[case]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):  # warm-up: Triton compiles, caches fill
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        with torch.cuda.graph(graph):
-            out = step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    graph, out = _capture(step)
     torch.cuda.manual_seed(1234)
     graph.replay()
     first = [t.clone() for t in _tensors(out)]
@@ -233,19 +240,7 @@ def test_cuda_graph_training_step_ops_capture_without_sync():
         noisefast.ema_update_(shadows, weights, decay)
         return [loss.detach(), raw.grad]
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        with torch.cuda.graph(graph):
-            out = step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    graph, out = _capture(step)
     before = [s.clone() for s in shadows]
     graph.replay()
     replayed = [t.clone() for t in out]
@@ -255,3 +250,22 @@ def test_cuda_graph_training_step_ops_capture_without_sync():
     eager = step()
     for a, b in zip(replayed + after, eager + shadows):
         assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_cuda_cpu_scalar_arguments_keep_their_gradients():
+    """A 0-d CPU tensor argument reaches the GPU without a host-to-device copy (ops/_scalars.py)
+    and still receives its gradient, on the CPU, equal to that of the same value on the GPU."""
+    x = _x(4, 3, 8, 8)
+    grads = []
+    for device in ("cpu", "cuda"):
+        sigma = torch.tensor(0.5, device=device, requires_grad=True)
+        raw_sigma = torch.tensor(0.7, device=device, requires_grad=True)
+        gen = torch.Generator("cuda").manual_seed(3)
+        cur, _ = noisefast.consistency_pair(x, sigma, 0.9, generator=gen)
+        out = noisefast.consistency_output(x, cur, raw_sigma, sigma_data=0.3)
+        out.square().sum().backward()
+        grads.append((sigma.grad, raw_sigma.grad))
+    for on_cpu, on_gpu in zip(*grads):
+        assert on_cpu.device.type == "cpu"
+        torch.testing.assert_close(on_cpu, on_gpu.cpu(), rtol=1e-5, atol=1e-6)
