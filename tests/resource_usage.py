@@ -31,22 +31,23 @@ _FUNCTION = re.compile(r"^\s*Function (\S+):\s*$")
 _FIELDS = re.compile(r"\b(REG|STACK|SHARED|LOCAL):(\d+)")
 
 
-def cuobjdump(triton_module=None) -> Optional[str]:
-    """Path of a cuobjdump: the one inside ``triton_module`` (default: the importable Triton), else
-    the CUDA toolkit's (CUDA_HOME, PATH); None when there is none."""
+def cuobjdump(triton_module=None, prefer_toolkit: bool = False) -> Optional[str]:
+    """Path of a cuobjdump: the one inside ``triton_module`` (default: the importable Triton) or the
+    CUDA toolkit's (CUDA_HOME, PATH), in that order or, with ``prefer_toolkit``, the other (an
+    older cuobjdump may not read a newer compiler's output: read nvcc's code with the toolkit's
+    when there is one, Triton's with Triton's); None when there is none."""
     if triton_module is None:
         try:
             import triton as triton_module
         except ImportError:
             triton_module = None
-    candidates = []
+    bundled = []
     if triton_module is not None:
-        candidates.append(os.path.join(os.path.dirname(triton_module.__file__), "backends", "nvidia", "bin",
-                                       "cuobjdump"))
-    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    candidates.append(os.path.join(cuda_home, "bin", "cuobjdump"))
-    candidates.append(shutil.which("cuobjdump") or "")
-    for path in candidates:
+        bundled.append(os.path.join(os.path.dirname(triton_module.__file__), "backends", "nvidia", "bin",
+                                    "cuobjdump"))
+    toolkit = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump"),
+               shutil.which("cuobjdump") or ""]
+    for path in (toolkit + bundled if prefer_toolkit else bundled + toolkit):
         if path and os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None

@@ -28,7 +28,7 @@ def _extension_path():
 
 
 def _usage():
-    tool = resource_usage.cuobjdump()
+    tool = resource_usage.cuobjdump(prefer_toolkit=True)
     assert tool is not None, "no cuobjdump: Triton's wheel ships one (triton/backends/nvidia/bin), or set CUDA_HOME"
     usage = resource_usage.read(_extension_path(), tool)
     assert usage, "cuobjdump found no kernels in the extension"

@@ -134,8 +134,8 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
 
     Computed as ``ema_tensors[i].lerp_(tensors[i], 1 - decay)`` (bit for bit in float32; see
     noisefast/reference/ema.py for the rounding of the weight), in one fused pass over all tensors:
-    one CUDA launch for up to 137 tensors (a few launches for longer lists), one parallel loop on
-    the CPU. Exponential moving averages of weights: Polyak & Juditsky 1992; the usual form in
+    one CUDA launch for up to 137 tensors of one dtype pairing (a few launches for longer or mixed
+    lists), one parallel loop on the CPU. Exponential moving averages of weights: Polyak & Juditsky 1992; the usual form in
     diffusion training (diffusers' EMAModel, EDM2) is exactly this lerp.
 
     Args:
