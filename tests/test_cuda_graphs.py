@@ -176,11 +176,12 @@ def _tensors(out):
 
 
 def _list_noise_step():
-    params = [_x(300, 7), _x(5), _x(1000, dtype=torch.bfloat16)]
+    sources = [_x(300, 7), _x(5), _x(1000, dtype=torch.bfloat16)]
+    params = [s.clone() for s in sources]
 
-    def step():
-        for p, fresh in zip(params, (_x(300, 7), _x(5), _x(1000, dtype=torch.bfloat16))):
-            p.copy_(fresh)
+    def step():  # in place: each step starts again from the same values (device-to-device copies)
+        for p, s in zip(params, sources):
+            p.copy_(s)
         noisefast.add_noise_(params, 0.1)
         return params
     return step
