@@ -65,4 +65,5 @@ def test_ema_update(benchmark, provider, weight_dtype, profiles):
     }
     numel = sum(sizes)
     measure(benchmark, fns[provider], op="ema_update", provider=provider, numel=numel, dtype=weight_dtype,
-            bytes_moved=numel * (element_size(weight_dtype) + 8 * profiles), tensors=len(sizes), profiles=profiles)
+            bytes_moved=numel * (element_size(weight_dtype) + 8 * profiles), tensors=len(sizes), profiles=profiles,
+            headline=weight_dtype == torch.float32 and profiles == 1)

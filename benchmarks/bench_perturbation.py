@@ -104,4 +104,5 @@ def test_consistency_step(benchmark, provider, numel, dtype):
         step_fn = _provider_fn(provider, eager, None, ("consistency_step", dtype))
         fn = lambda: step_fn(x)  # noqa: E731
     measure(benchmark, fn, op="consistency_step", provider=provider, numel=x.numel(), dtype=dtype,
-            bytes_moved=_bytes(x), num_levels=int(sigmas.numel()))
+            bytes_moved=_bytes(x), num_levels=int(sigmas.numel()),
+            headline=dtype == torch.float32 and numel == SIZES[-2])

@@ -91,4 +91,4 @@ def test_consistency_step(benchmark, provider, setup):
     n = x.numel()
     measure(benchmark, fn, op="ict_noise_pipeline", provider=provider, numel=n, dtype=torch.float32,
             bytes_moved=8 * n * element_size(torch.float32) + 3 * PARAMS * 4,
-            rounds=5 if DEVICE.type == "cpu" else 20, params=PARAMS)
+            rounds=5 if DEVICE.type == "cpu" else 20, params=PARAMS, headline=True)

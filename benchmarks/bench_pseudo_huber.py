@@ -56,4 +56,5 @@ def test_pseudo_huber(benchmark, provider, form, pass_, dtype, numel):
         moved = 5
     n = a.numel()
     measure(benchmark, fn, op="pseudo_huber_loss", provider=provider, numel=n, dtype=dtype,
-            bytes_moved=moved * n * element_size(dtype), form=form, pass_=pass_)
+            bytes_moved=moved * n * element_size(dtype), form=form, pass_=pass_,
+            headline=(form, pass_, dtype, numel) == ("per_sample", "fwd_bwd", torch.float32, NUMELS[1]))

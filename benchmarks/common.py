@@ -19,6 +19,14 @@ import torch
 PROVIDERS = ("eager", "compile", "noisefast")
 QUICK = os.environ.get("NOISEFAST_BENCH_QUICK", "1" if not torch.cuda.is_available() else "0") == "1"
 
+# Which cases run (python -m benchmarks.run --select, passed to pytest through the environment):
+# "all"; "headline": only the cases a benchmark file marks headline=True in measure() (one size
+# each of the consistency step, pseudo-Huber forward + backward, EMA, gaussian_noise and the iCT
+# pipeline: what a short GPU run must measure, torch.compile included); "sweep": every other case,
+# without torch.compile (a compile costs up to a minute).
+SELECTIONS = ("all", "headline", "sweep")
+SELECT = os.environ.get("NOISEFAST_BENCH_SELECT", "all")
+
 
 def bench_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,14 +59,27 @@ def compiled(fn: Callable, key: tuple) -> Callable:
     return _COMPILED[key]
 
 
+def selected(provider: str, headline: bool) -> bool:
+    """Whether a case runs under the current selection (SELECT)."""
+    if SELECT == "headline":
+        return headline
+    if SELECT == "sweep":
+        return not headline and provider != "compile"
+    return True
+
+
 def measure(benchmark, fn: Callable[[], object], *, op: str, provider: str, numel: int, dtype: torch.dtype,
             bytes_moved: int, device: Optional[torch.device] = None, rounds: Optional[int] = None,
-            **extra) -> None:
+            headline: bool = False, **extra) -> None:
     """Time ``fn`` (no arguments) with pytest-benchmark; CUDA work is synchronised inside the call.
 
     Warm-up calls run first (for "compile" the first of them compiles; its time is recorded as
-    compile_s and not counted).
+    compile_s and not counted). ``headline``: this case is one of the headline set (see SELECT);
+    a case the selection leaves out is skipped before anything runs.
     """
+    if not selected(provider, headline):
+        import pytest
+        pytest.skip(f"not in the {SELECT!r} selection")
     device = device or bench_device()
     start = time.perf_counter()
     fn()

@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark on this machine's device and write the report.
 
-    python -m benchmarks.run [-k EXPR] [--out DIR] [--part noise|training]
+    python -m benchmarks.run [-k EXPR] [--out DIR] [--part noise|training] [--select all|headline|sweep]
+                             [--copy-only]
 
 Writes benchmarks/results/<device>/: results.json (pytest-benchmark), report.md (a table per op:
 time of each provider, noisefast's speed-up over eager and torch.compile, achieved GB/s of the
@@ -9,10 +10,15 @@ README's table), throughput.png, and copy_bandwidth.json (with device, date, com
 --readme the summary replaces the README's benchmark table. When $OUT is set the directory is
 copied there too (for GPU runs).
 
---part runs one group of benchmark files into results-<part>.json; the report combines every
-results*.json of the directory (a later file's rows replace an earlier one's). A GPU command may
-run 10 minutes at most, and the whole sweep, torch.compile included, can take longer: run the
-parts one command each (`make gpu-bench-noise`, `make gpu-bench-training`).
+--part runs one group of benchmark files into results-<part>.json; --select runs the headline
+cases only (one size each of the consistency step, pseudo-Huber forward + backward, EMA,
+gaussian_noise and the iCT pipeline, torch.compile included: benchmarks/common.py, HEADLINE) or the
+sweep (every other case, without torch.compile, whose compiles take up to a minute each) into
+results-[<part>-]<select>.json; the report combines every results*.json of the directory (a later file's
+rows replace an earlier one's). --copy-only measures the copy bandwidth and stops. `make
+gpu-check` (.ci/gpu_check.py) runs --copy-only, then the headline, then the sweep, and packs the
+results directory into $OUT. The commit recorded is NOISEFAST_COMMIT when set (a tree without
+.git), else git's HEAD.
 """
 from __future__ import annotations
 
@@ -21,14 +27,13 @@ import datetime
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 
 import torch
 
-from .common import bench_device, device_name, synchronize
+from .common import SELECTIONS, bench_device, device_name, synchronize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -60,6 +65,8 @@ def measure_copy_bandwidth(device: torch.device) -> float:
 
 
 def git_commit() -> str:
+    if os.environ.get("NOISEFAST_COMMIT"):
+        return os.environ["NOISEFAST_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10).stdout.strip() or "unknown"
@@ -69,7 +76,7 @@ def git_commit() -> str:
 
 def results_files(out_dir: str):
     """The pytest-benchmark files of out_dir (results.json, results-<part>.json), oldest first."""
-    names = [n for n in os.listdir(out_dir) if re.fullmatch(r"results(-[a-z0-9_]+)?\.json", n)]
+    names = [n for n in os.listdir(out_dir) if re.fullmatch(r"results(-[a-z0-9_-]+)?\.json", n)]
     return sorted((os.path.join(out_dir, n) for n in names), key=os.path.getmtime)
 
 
@@ -252,6 +259,10 @@ def main(argv=None) -> int:
                         help="only re-render the reports (and with --readme the README table) from DIR's results")
     parser.add_argument("--part", choices=sorted(PARTS), default=None,
                         help="run only this group of benchmark files, into results-<part>.json")
+    parser.add_argument("--select", choices=SELECTIONS, default="all",
+                        help="headline: the headline cases only (torch.compile included); sweep: the others, "
+                             "without torch.compile (into results-<select>.json)")
+    parser.add_argument("--copy-only", action="store_true", help="measure the copy bandwidth and stop")
     args = parser.parse_args(argv)
     if args.report_only:
         write_reports(args.report_only, readme=args.readme)
@@ -266,24 +277,25 @@ def main(argv=None) -> int:
         json.dump({"device": name, "bytes_per_s": copy_bw, "date": datetime.date.today().isoformat(),
                    "commit": git_commit(), "torch": torch.__version__}, f, indent=1)
     print(f"{name}: copy bandwidth {copy_bw / 1e9:.1f} GB/s", flush=True)
+    print(f"results in {os.path.relpath(out_dir, ROOT)}", flush=True)
+    if args.copy_only:
+        return 0
 
-    results_json = os.path.join(out_dir, f"results-{args.part}.json" if args.part else "results.json")
+    suffix = "-".join(x for x in (args.part, None if args.select == "all" else args.select) if x)
+    results_json = os.path.join(out_dir, f"results-{suffix}.json" if suffix else "results.json")
     targets = [os.path.join(HERE, f) for f in PARTS[args.part]] if args.part else [HERE]
     cmd = [sys.executable, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
            "-o", "testpaths=benchmarks", f"--benchmark-json={results_json}", "--benchmark-disable-gc",
            "--benchmark-columns=median,ops"]
     if args.k:
         cmd += ["-k", args.k]
-    status = subprocess.run(cmd, cwd=ROOT).returncode
+    status = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, NOISEFAST_BENCH_SELECT=args.select)).returncode
     if status not in (0, 1) or not os.path.exists(results_json):
         print(f"benchmarks failed to run (pytest exit {status})", file=sys.stderr)
         return status or 1
 
     write_reports(out_dir, readme=args.readme)
     print(f"report written to {os.path.relpath(out_dir, ROOT)}/report.md")
-    if os.environ.get("OUT"):
-        dest = os.path.join(os.environ["OUT"], "benchmarks", slug(name))
-        shutil.copytree(out_dir, dest, dirs_exist_ok=True)
     return status
 
 

@@ -1,4 +1,4 @@
-"""`make gpu-bench-noise` and `make gpu-bench-training` together run every benchmark file once."""
+"""`python -m benchmarks.run --part noise` and `--part training` together run every benchmark file once."""
 import pathlib
 
 from benchmarks.run import PARTS

@@ -296,3 +296,24 @@ def test_cuda_matches_reference(dtype, shape):
     x_exact = x + 0.0
     out = consistency_output(raw.cuda(), x_exact.cuda(), SIGMA_MIN)
     assert torch.equal(out.cpu(), x_exact)
+
+
+def _identity_at_sigma_min(device, sigma_data):
+    raw, x, _ = _data((5, 3, 37), torch.float32, seed=4)
+    x = (x + 0.0).to(device)  # no negative zeros
+    out = consistency_output(raw.to(device), x, 0.002, sigma_data=sigma_data, sigma_min=0.002)
+    assert torch.equal(out, x), f"sigma_data={sigma_data}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sigma_data", [0.3, 0.7, 1.3])
+def test_identity_at_sigma_min_for_any_sigma_data(backend, sigma_data):
+    """c_skip(sigma_min) = sd^2 / sd^2 must be exactly 1 whatever sd^2 is (0.5 squares to a power of
+    two, where even an approximate division is exact; compiled Triton divided approximately)."""
+    run_on(backend, _identity_at_sigma_min, "cpu", sigma_data)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sigma_data", [0.3, 0.7, 1.3])
+def test_cuda_identity_at_sigma_min_for_any_sigma_data(sigma_data):
+    _identity_at_sigma_min("cuda", sigma_data)

@@ -261,6 +261,7 @@ def test_large_tensor_int64_offsets():
 def _error_cases():
     ok_e = [torch.zeros(3), torch.zeros(4)]
     ok_x = [torch.ones(3), torch.ones(4)]
+    shared = torch.zeros(8)
     cases = [
         ("length", [torch.zeros(3)], ok_x, 0.9, ValueError, "ema_tensors"),
         ("shape", ok_e, [torch.ones(3), torch.ones(5)], 0.9, ValueError, r"ema_tensors\[1\]"),
@@ -271,6 +272,10 @@ def _error_cases():
         ("int-weight", ok_e, ok_x[:1] + [torch.ones(4, dtype=torch.int64)], 0.9, TypeError, r"tensors\[1\]"),
         ("int-shadow", ok_e[:1] + [torch.zeros(4, dtype=torch.int32)], ok_x, 0.9, TypeError, r"ema_tensors\[1\]"),
         ("overlap", ok_e[:1] + [torch.zeros(1).expand(4)], ok_x, 0.9, ValueError, r"ema_tensors\[1\]"),
+        ("listed-twice", [shared[:3], shared[:3]], [torch.ones(3), torch.ones(3)], 0.9, ValueError,
+         r"ema_tensors\[0\] and ema_tensors\[1\] share memory"),
+        ("views-sharing", [shared[:3], shared[2:6]], ok_x, 0.9, ValueError,
+         r"ema_tensors\[0\] and ema_tensors\[1\] share memory"),
         ("decay-high", ok_e, ok_x, 1.5, ValueError, "decay"),
         ("decay-negative", ok_e, ok_x, -0.1, ValueError, "decay"),
         ("decay-nan", ok_e, ok_x, float("nan"), ValueError, "decay"),
@@ -313,6 +318,8 @@ def test_multi_errors(backend):
         run_on(backend, ema_update_multi_, [e, [torch.zeros(3)]], x, torch.tensor([0.9, -1.0]))
     with pytest.raises(ValueError, match="ema_lists"):
         run_on(backend, ema_update_multi_, [], x, [])
+    with pytest.raises(ValueError, match=r"ema_lists\[0\]\[0\] and ema_lists\[1\]\[0\] share memory"):
+        run_on(backend, ema_update_multi_, [e, e], x, [0.9, 0.5])
     assert torch.equal(e[0], torch.zeros(3))
 
 
@@ -426,6 +433,18 @@ def test_cuda_float32_equals_lerp():
             assert _ulp_diff(a, e) <= 1
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_decay_tensor_means_its_float32_value(backend):
+    """A float32 decay tensor holding 0.9 is float32(0.9), not the Python float 0.9: what the CUDA
+    graph test below must expect from its float32 device decay."""
+    es, xs = random_lists([1000], torch.float32, torch.float32, seed=3)
+    by_tensor, by_value, by_float = ([e.clone() for e in es] for _ in range(3))
+    run_on(backend, ema_update_, by_tensor, xs, torch.tensor(0.9))
+    run_on(backend, ema_update_, by_value, xs, torch.tensor(0.9).item())
+    run_on(backend, ema_update_, by_float, xs, 0.9)
+    assert torch.equal(by_tensor[0], by_value[0]) and not torch.equal(by_tensor[0], by_float[0])
+
+
 @pytest.mark.cuda
 def test_cuda_device_decay_graph_capture():
     """A decay tensor on the GPU is read by the kernel: the update can be captured in a CUDA
@@ -434,7 +453,7 @@ def test_cuda_device_decay_graph_capture():
     decay = torch.tensor(0.9, device="cuda")
     expected = [e.clone() for e in es]
     ema_update_(es, xs, decay)  # warm-up outside capture
-    ema_update_(expected, xs, 0.9)
+    ema_update_(expected, xs, torch.tensor(0.9).item())  # the float32 value the kernel reads
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         ema_update_(es, xs, decay)
@@ -454,6 +473,10 @@ def test_cuda_errors_and_cpu_shadow():
         ema_update_([torch.zeros(3)], x, 0.9)
     with pytest.raises(ValueError, match="decay"):
         ema_update_([torch.zeros(3, device="cuda")], x, torch.tensor([0.5, 0.5], device="cuda"))
+    shadow = torch.zeros(3, device="cuda")  # listed twice: two blocks would update it at once
+    with pytest.raises(ValueError, match=r"ema_tensors\[0\] and ema_tensors\[1\] share memory"):
+        ema_update_([shadow, shadow], [x[0], x[0]], 0.5)
+    assert torch.equal(shadow, torch.zeros(3, device="cuda"))
     net = nn.Linear(8, 8).cuda()
     ema = EMA(net, decay=0.5, device="cpu")
     with torch.no_grad():

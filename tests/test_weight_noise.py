@@ -19,7 +19,7 @@ def drawn_seed(seed):
 
 
 def hand_noisy(named, std, seed):
-    """{name: w + std * z} from the reference stream, in the add_noise_ layout."""
+    """{name: w + std * z} from the reference stream, in the foreach_gaussian_noise layout."""
     s = drawn_seed(seed)
     bases = stream_bases([p.numel() for _, p in named])
     return {name: (p.detach() + std * normal_stream(p.numel(), s, 0, b).view(p.shape)).requires_grad_()

@@ -2,7 +2,7 @@
 //
 // Normals are made a chunk at a time (kChunkBlocks Philox blocks) in structure-of-arrays form so
 // that the compiler vectorises Philox (philox.h, the shared definition), the uniforms, and the
-// Box-Muller transform (vector_math_cpu.h). A kernel then consumes each chunk with a plain loop
+// Box-Muller transform (vector_math_cpu.h, philox.h). A kernel then consumes each chunk with a plain loop
 // that also vectorises.
 #pragma once
 
@@ -55,8 +55,8 @@ NF_ALWAYS_INLINE void normal_chunk_body(uint64_t seed, uint64_t stream, uint64_t
     const float r0 = std::sqrt(-2.0f * vlogf(u0[k]));
     const float r2 = std::sqrt(-2.0f * vlogf(u2[k]));
     float c1, s1, c3, s3;
-    vsincosf(6.28318548202514648f * u1[k], &c1, &s1);
-    vsincosf(6.28318548202514648f * u3[k], &c3, &s3);
+    box_muller_angle(u1[k], &c1, &s1);
+    box_muller_angle(u3[k], &c3, &s3);
     z[4 * k + 0] = r0 * c1;
     z[4 * k + 1] = r0 * s1;
     z[4 * k + 2] = r2 * c3;

@@ -1,6 +1,12 @@
 // EMA update on CUDA: shadow <- lerp(shadow, weight, 1 - decay) for every (weight, profile) of a
 // list, through multi_tensor_apply. Each block reads a chunk of one weight once and updates the
 // chunk of each of its (up to kEmaProfilesPerPass) shadows; math in float (double for float64).
+//
+// One kernel per (dtype pairing, profile count): the tensors of a list are launched pairing by
+// pairing. (A single kernel switching on each tensor's pairing inlined all six paths, whose float64
+// path set the registers of all, and with 2-4 profiles it kept 88-936 bytes of stack per thread.)
+#include <vector>
+
 #include "elementwise.cuh"
 #include "ema_update_launcher.h"
 #include "multi_tensor_apply.cuh"
@@ -11,7 +17,23 @@ namespace cuda {
 namespace {
 
 constexpr int kEmaProfilesPerPass = 4;
-constexpr int kEmaIlp = 2;  // packs of four elements each thread holds in flight per profile
+// Packs of four elements each thread holds in flight per tensor: two for one or two profiles, one
+// for three or four (whose shadows alone are 12-16 packs: with two, the float32 path took 98
+// registers; the bytes in flight per SM stay well above what hides DRAM latency).
+template <int P>
+constexpr int ema_ilp() {
+  return P <= 2 ? 2 : 1;
+}
+
+// Blocks per SM the kernel's registers must allow (__launch_bounds__): two, i.e. at most 64
+// registers per thread, for the float32 path; one (128) for the others. Measured with nvcc 13.0
+// (tests/test_cuda_resources.py checks the registers and that nothing spills): without the bound
+// the float32 kernel with four profiles spilled 8 bytes at 40 registers, and with it the
+// float16/bfloat16 kernels with two or four profiles spilled; float64 values take two registers.
+template <typename E, typename X>
+constexpr int ema_min_blocks() {
+  return sizeof(E) == 4 && sizeof(X) == 4 ? 2 : 1;
+}
 
 struct EmaDecays {
   double host[kEmaProfilesPerPass];  // used when device is null
@@ -47,6 +69,7 @@ __device__ __forceinline__ void ema_chunk(const Meta& meta, int t, int64_t start
     const Pack4<X>* xv = reinterpret_cast<const Pack4<X>*>(x);
     // All loads of an iteration are issued before its stores: the stores may alias the loads as
     // far as the compiler knows, so without this it would serialise them.
+    constexpr int kEmaIlp = ema_ilp<P>();
     for (int64_t base = threadIdx.x; base < packs; base += static_cast<int64_t>(blockDim.x) * kEmaIlp) {
       Pack4<X> xs[kEmaIlp];
       Pack4<E> es[P][kEmaIlp];
@@ -84,57 +107,86 @@ __device__ __forceinline__ void ema_chunk(const Meta& meta, int t, int64_t start
   }
 }
 
-template <int P>
+template <int P, typename E, typename X>
 struct EmaFunctor {
   EmaDecays decays;
 
   template <typename Meta>
   __device__ __forceinline__ void operator()(const Meta& meta, int t, int64_t start, int64_t n) const {
-    switch (static_cast<EmaPairing>(meta.tag[t])) {
-      case EmaPairing::kFloat32OfFloat32: ema_chunk<P, float, float>(meta, t, start, n, decays); break;
-      case EmaPairing::kFloat32OfFloat16: ema_chunk<P, float, __half>(meta, t, start, n, decays); break;
-      case EmaPairing::kFloat32OfBFloat16: ema_chunk<P, float, __nv_bfloat16>(meta, t, start, n, decays); break;
-      case EmaPairing::kFloat16OfFloat16: ema_chunk<P, __half, __half>(meta, t, start, n, decays); break;
-      case EmaPairing::kBFloat16OfBFloat16:
-        ema_chunk<P, __nv_bfloat16, __nv_bfloat16>(meta, t, start, n, decays);
-        break;
-      case EmaPairing::kFloat64OfFloat64: ema_chunk<P, double, double>(meta, t, start, n, decays); break;
-      default: break;  // the glue admits only the pairings above
-    }
+    ema_chunk<P, E, X>(meta, t, start, n, decays);
   }
 };
 
-// Profiles first .. first + P - 1 of every tensor, in as few launches as the metadata allows.
-template <int P>
-cudaError_t ema_pass(const EmaOperands& ops, int64_t first, const uint8_t* tags, cudaStream_t stream) {
-  EmaFunctor<P> functor;
+// Profiles first .. first + P - 1 of the tensors `members` (all of one pairing, shadow type E,
+// weight type X), in as few launches as the metadata allows.
+template <int P, typename E, typename X>
+cudaError_t ema_pass(const EmaOperands& ops, int64_t first, const std::vector<int64_t>& members,
+                     const std::vector<int64_t>& numels, cudaStream_t stream) {
+  EmaFunctor<P, E, X> functor;
   for (int p = 0; p < P; ++p) functor.decays.host[p] = ops.decays != nullptr ? ops.decays[first + p] : 0.0;
   for (int p = P; p < kEmaProfilesPerPass; ++p) functor.decays.host[p] = 0.0;
   functor.decays.device_is_double = ops.decay_device_is_double;
   functor.decays.device = ops.decay_device == nullptr ? nullptr
       : static_cast<const char*>(ops.decay_device) + first * (ops.decay_device_is_double ? 8 : 4);
   const int64_t profiles = ops.num_profiles;
-  auto pointer_of = [&](int d, int64_t i) -> void* {
+  auto pointer_of = [&](int d, int64_t k) -> void* {
+    const int64_t i = members[k];
     return d == 0 ? const_cast<void*>(ops.tensors[i]) : ops.shadows[i * profiles + first + d - 1];
   };
-  constexpr int kMaxTensors = mta_max_tensors<P + 1, sizeof(EmaFunctor<P>)>();
-  return multi_tensor_apply<P + 1, kMaxTensors>(ops.num_tensors, ops.numels, tags, pointer_of, functor, stream);
+  constexpr int kMaxTensors = mta_max_tensors<P + 1, sizeof(EmaFunctor<P, E, X>)>();
+  return multi_tensor_apply<P + 1, kMaxTensors, ema_min_blocks<E, X>()>(
+      static_cast<int64_t>(members.size()), numels.data(), /*tags=*/nullptr, pointer_of, functor, stream);
+}
+
+// Every profile of the tensors `members` (one pairing), up to kEmaProfilesPerPass per pass.
+template <typename E, typename X>
+cudaError_t ema_update_pairing(const EmaOperands& ops, const std::vector<int64_t>& members,
+                               const std::vector<int64_t>& numels, cudaStream_t stream) {
+  for (int64_t first = 0; first < ops.num_profiles; first += kEmaProfilesPerPass) {
+    const int64_t left = ops.num_profiles - first;
+    cudaError_t err;
+    switch (left < kEmaProfilesPerPass ? left : kEmaProfilesPerPass) {
+      case 1: err = ema_pass<1, E, X>(ops, first, members, numels, stream); break;
+      case 2: err = ema_pass<2, E, X>(ops, first, members, numels, stream); break;
+      case 3: err = ema_pass<3, E, X>(ops, first, members, numels, stream); break;
+      default: err = ema_pass<4, E, X>(ops, first, members, numels, stream); break;
+    }
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace
 
 cudaError_t launch_ema_update(const EmaOperands& operands, cudaStream_t stream) {
   if (operands.num_tensors <= 0) return cudaSuccess;
-  static_assert(sizeof(EmaPairing) == sizeof(uint8_t), "pairings are passed as one-byte tags");
-  const uint8_t* tags = reinterpret_cast<const uint8_t*>(operands.pairings);
-  for (int64_t first = 0; first < operands.num_profiles; first += kEmaProfilesPerPass) {
-    const int64_t left = operands.num_profiles - first;
-    cudaError_t err;
-    switch (left < kEmaProfilesPerPass ? left : kEmaProfilesPerPass) {
-      case 1: err = ema_pass<1>(operands, first, tags, stream); break;
-      case 2: err = ema_pass<2>(operands, first, tags, stream); break;
-      case 3: err = ema_pass<3>(operands, first, tags, stream); break;
-      default: err = ema_pass<4>(operands, first, tags, stream); break;
+  std::vector<int64_t> members, numels;
+  const EmaPairing pairings[] = {EmaPairing::kFloat32OfFloat32, EmaPairing::kFloat32OfFloat16,
+                                 EmaPairing::kFloat32OfBFloat16, EmaPairing::kFloat16OfFloat16,
+                                 EmaPairing::kBFloat16OfBFloat16, EmaPairing::kFloat64OfFloat64};
+  for (const EmaPairing pairing : pairings) {
+    members.clear();
+    numels.clear();
+    for (int64_t i = 0; i < operands.num_tensors; ++i) {
+      if (operands.pairings[i] == pairing) {
+        members.push_back(i);
+        numels.push_back(operands.numels[i]);
+      }
+    }
+    if (members.empty()) continue;
+    cudaError_t err = cudaErrorInvalidValue;
+    switch (pairing) {
+      case EmaPairing::kFloat32OfFloat32: err = ema_update_pairing<float, float>(operands, members, numels, stream); break;
+      case EmaPairing::kFloat32OfFloat16: err = ema_update_pairing<float, __half>(operands, members, numels, stream); break;
+      case EmaPairing::kFloat32OfBFloat16:
+        err = ema_update_pairing<float, __nv_bfloat16>(operands, members, numels, stream);
+        break;
+      case EmaPairing::kFloat16OfFloat16: err = ema_update_pairing<__half, __half>(operands, members, numels, stream); break;
+      case EmaPairing::kBFloat16OfBFloat16:
+        err = ema_update_pairing<__nv_bfloat16, __nv_bfloat16>(operands, members, numels, stream);
+        break;
+      case EmaPairing::kFloat64OfFloat64: err = ema_update_pairing<double, double>(operands, members, numels, stream); break;
+      default: break;  // the glue admits only the pairings above
     }
     if (err != cudaSuccess) return err;
   }

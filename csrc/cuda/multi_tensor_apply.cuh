@@ -43,8 +43,10 @@ constexpr int mta_max_tensors() {
   return static_cast<int>((kMtaParamBytes - fixed) / per_tensor);
 }
 
-template <typename Meta, typename Functor>
-__global__ void __launch_bounds__(kMtaThreads)
+// kMinBlocks: blocks per SM the register allocation must allow (__launch_bounds__): 1 lets a
+// thread use up to 128 registers, 2 caps it at 64.
+template <typename Meta, typename Functor, int kMinBlocks>
+__global__ void __launch_bounds__(kMtaThreads, kMinBlocks)
 multi_tensor_kernel(const __grid_constant__ Meta meta, const __grid_constant__ Functor functor) {
   const int32_t total = meta.chunk_end[meta.num_tensors - 1];
   for (int32_t chunk = blockIdx.x; chunk < total; chunk += gridDim.x) {
@@ -68,9 +70,10 @@ inline unsigned mta_grid(int64_t chunks) {
   return static_cast<unsigned>(chunks < cap ? chunks : cap);
 }
 
-// Runs functor over n tensors: tensor i has numel[i] > 0 elements, tag tags[i] and pointers
-// pointer_of(d, i) for d < kDepth. Launches on `stream` whenever the metadata is full.
-template <int kDepth, int kMaxTensors, typename Functor, typename PointerOf>
+// Runs functor over n tensors: tensor i has numel[i] > 0 elements, tag tags[i] (0 when tags is
+// null) and pointers pointer_of(d, i) for d < kDepth. Launches on `stream` whenever the metadata
+// is full.
+template <int kDepth, int kMaxTensors, int kMinBlocks = 1, typename Functor, typename PointerOf>
 cudaError_t multi_tensor_apply(int64_t n, const int64_t* numel, const uint8_t* tags, const PointerOf& pointer_of,
                                const Functor& functor, cudaStream_t stream) {
   using Meta = TensorListMeta<kDepth, kMaxTensors>;
@@ -79,7 +82,7 @@ cudaError_t multi_tensor_apply(int64_t n, const int64_t* numel, const uint8_t* t
   meta.num_tensors = 0;
   int64_t chunks = 0;
   auto launch = [&]() -> cudaError_t {
-    multi_tensor_kernel<Meta, Functor><<<mta_grid(chunks), kMtaThreads, 0, stream>>>(meta, functor);
+    multi_tensor_kernel<Meta, Functor, kMinBlocks><<<mta_grid(chunks), kMtaThreads, 0, stream>>>(meta, functor);
     meta.num_tensors = 0;
     chunks = 0;
     return cudaGetLastError();
@@ -94,7 +97,7 @@ cudaError_t multi_tensor_apply(int64_t n, const int64_t* numel, const uint8_t* t
     const int k = meta.num_tensors++;
     for (int d = 0; d < kDepth; ++d) meta.ptrs[d][k] = pointer_of(d, i);
     meta.numel[k] = numel[i];
-    meta.tag[k] = tags[i];
+    meta.tag[k] = tags != nullptr ? tags[i] : 0;
     chunks += tensor_chunks;
     meta.chunk_end[k] = static_cast<int32_t>(chunks);
   }

@@ -22,6 +22,7 @@
 
 #include "cpu/ema_update_cpu.h"
 #include "noisefast/ema_update.h"
+#include "shared_elements.h"
 #include "torch_checks.h"
 #if NOISEFAST_WITH_CUDA
 #include "cuda/ema_update_launcher.h"
@@ -117,6 +118,10 @@ void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef
       pairing = this_pairing;
     }
   }
+  // A shadow listed twice (or two overlapping views) would be blended twice, and on CUDA by two
+  // blocks at once: a race.
+  check_no_shared_elements(emas, [&](int64_t k) { return shadow_name(multi, k / n, k % n); },
+                           "their common elements would be updated twice");
   // Everything is checked: from here on nothing raises for a reason the user controls.
   for (int64_t i = 0; i < n; ++i) {
     at::Tensor x = tensors[i];

@@ -24,6 +24,7 @@
 
 #include "cpu/foreach_gaussian_noise_cpu.h"
 #include "noisefast/foreach_gaussian_noise.h"
+#include "shared_elements.h"
 #include "torch_checks.h"
 #if NOISEFAST_WITH_CUDA
 #include "cuda/foreach_gaussian_noise_launcher.h"
@@ -32,58 +33,6 @@
 
 namespace noisefast {
 namespace {
-
-// Byte range [first, last) that a strided tensor can touch.
-std::pair<uintptr_t, uintptr_t> footprint(const at::Tensor& t) {
-  int64_t extent = 1;
-  for (int64_t d = 0; d < t.dim(); ++d) extent += (t.size(d) - 1) * t.stride(d);
-  const uintptr_t first = reinterpret_cast<uintptr_t>(t.data_ptr());
-  return {first, first + static_cast<uintptr_t>(extent) * t.element_size()};
-}
-
-bool same_view(const at::Tensor& a, const at::Tensor& b) {
-  return a.data_ptr() == b.data_ptr() && a.sizes() == b.sizes() && a.strides() == b.strides() &&
-         a.scalar_type() == b.scalar_type();
-}
-
-// Byte address of every element of t (int64, on t's device).
-at::Tensor element_addresses(const at::Tensor& t) {
-  const auto options = at::TensorOptions().dtype(at::kLong).device(t.device());
-  at::Tensor addresses = at::full({}, static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.data_ptr())), options);
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    addresses = addresses.unsqueeze(-1) + at::arange(t.size(d), options) * (t.stride(d) * t.element_size());
-  }
-  return addresses.reshape(-1);
-}
-
-// Whether two views whose footprints overlap have an element in common, element by element (the
-// rare case get_overlap_status cannot decide, e.g. w and w[:, 0]). Mixed element sizes count as shared.
-bool elements_intersect(const at::Tensor& a, const at::Tensor& b) {
-  if (a.element_size() != b.element_size()) return true;
-  return at::isin(element_addresses(a), element_addresses(b)).any().item<bool>();
-}
-
-// In-place noise on two tensors that share elements would add noise to those elements twice.
-// Exact: at::get_overlap_status for dense tensors, element addresses otherwise (two views whose
-// memory interleaves without common elements, as w[:, 0] and w[:, 1], are disjoint).
-void check_no_aliasing(at::TensorList tensors) {
-  std::vector<std::pair<std::pair<uintptr_t, uintptr_t>, int64_t>> spans;
-  for (int64_t i = 0; i < static_cast<int64_t>(tensors.size()); ++i) {
-    if (tensors[i].numel() > 0) spans.push_back({footprint(tensors[i]), i});
-  }
-  std::sort(spans.begin(), spans.end());
-  for (size_t a = 0; a < spans.size(); ++a) {
-    for (size_t b = a + 1; b < spans.size() && spans[b].first.first < spans[a].first.second; ++b) {
-      const int64_t i = std::min(spans[a].second, spans[b].second), j = std::max(spans[a].second, spans[b].second);
-      const at::MemOverlapStatus status = at::get_overlap_status(tensors[i], tensors[j]);
-      const bool shared = status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial ||
-                          (status == at::MemOverlapStatus::TooHard &&
-                           (same_view(tensors[i], tensors[j]) || elements_intersect(tensors[i], tensors[j])));
-      TORCH_CHECK_VALUE(!shared, "tensors[", i, "] and tensors[", j,
-                        "] share memory: their common elements would receive noise twice");
-    }
-  }
-}
 
 // Checks the operands (each error names the user's argument, `tensors` or `std`, and is raised
 // before anything is written), lays them out and calls run(operands) once. In place (outs null):
@@ -131,7 +80,10 @@ void with_operands(at::TensorList tensors, at::ArrayRef<double> stds, const std:
                         "] has elements that share memory (e.g. an expanded tensor): it cannot be updated in place");
     }
   }
-  if (in_place) check_no_aliasing(tensors);
+  if (in_place) {
+    check_no_shared_elements(tensors, [](int64_t i) { return "tensors[" + std::to_string(i) + "]"; },
+                             "their common elements would receive noise twice");
+  }
   // Everything is checked: from here on nothing raises for a reason the user controls.
   std::vector<at::Tensor> keep_alive;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (user's tensor, its contiguous copy)

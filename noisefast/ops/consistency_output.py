@@ -26,6 +26,7 @@ from .._checks import check_float_tensor, check_nonnegative_number, check_nonneg
 from .._dtypes import math_dtype
 from .._layout import blocked_layout, like_layout
 from .._library import Kernels
+from .._scalars import scalar_on
 
 
 def _kernel_sigma(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -113,7 +114,7 @@ def _sigma_tensor(sigma, raw: torch.Tensor) -> torch.Tensor:
                          f"(or [B, 1, ..., 1]), got shape {tuple(sigma.shape)}")
     if flat.device != raw.device:
         if flat.device.type == "cpu" and sigma.dim() == 0:
-            flat = flat.to(raw.device)
+            flat = scalar_on(sigma, raw.device, sigma.dtype)  # no host-to-device copy
         else:
             raise ValueError(f"sigma is on {sigma.device} but raw is on {raw.device}")
     return flat
@@ -189,4 +190,7 @@ def consistency_scalings(sigma: Union[float, torch.Tensor], sigma_data: float = 
     data2 = sigma_data * sigma_data
     shifted = sigma - sigma_min
     norm = sqrt(sigma * sigma + data2)
-    return data2 / (shifted * shifted + data2), sigma_data * shifted / norm, 1 / norm
+    denominator = shifted * shifted + data2
+    numerator = torch.full_like(denominator, data2) if isinstance(denominator, torch.Tensor) else data2
+    # (number / tensor is reciprocal(tensor) * number: two roundings, and c_skip(sigma_min) != 1)
+    return numerator / denominator, sigma_data * shifted / norm, 1 / norm

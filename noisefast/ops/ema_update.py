@@ -110,9 +110,9 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
 
     Computed as ``ema_tensors[i].lerp_(tensors[i], 1 - decay)`` (bit for bit in float32; see
     noisefast/reference/ema_update.py for the rounding of the weight), in one fused pass over all tensors:
-    one CUDA launch for as many tensors as one launch's 4 KiB of kernel arguments can describe (a
-    few launches for longer lists; the capacity is derived in csrc/cuda/multi_tensor_apply.cuh,
-    mta_max_tensors), one parallel loop on the CPU. Exponential moving averages of weights: Polyak & Juditsky 1992; the usual form in
+    one CUDA launch per dtype pairing for as many tensors as one launch's 4 KiB of kernel arguments
+    can describe (a few launches for longer or mixed lists; the capacity is derived in
+    csrc/cuda/multi_tensor_apply.cuh, mta_max_tensors), one parallel loop on the CPU. Exponential moving averages of weights: Polyak & Juditsky 1992; the usual form in
     diffusion training (diffusers' EMAModel, EDM2) is exactly this lerp.
 
     Args:
@@ -128,8 +128,8 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
 
     Raises (before anything is written): TypeError/ValueError naming ``ema_tensors``, ``tensors``
     or ``decay`` for non-lists, different lengths, shapes, devices or unsupported dtypes, internally
-    overlapping shadows, a decay outside [0, 1] (checked for numbers and CPU tensors). Empty lists
-    and empty tensors are no-ops. A tensor listed twice among the shadows is updated twice.
+    overlapping shadows, shadows that share memory (a tensor listed twice), a decay outside [0, 1]
+    (checked for numbers and CPU tensors). Empty lists and empty tensors are no-ops.
     """
     ema_tensors = _tensor_list(ema_tensors, "ema_tensors")
     tensors = _tensor_list(tensors, "tensors")

@@ -15,6 +15,7 @@ import torch
 from .._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
 from .._dtypes import math_dtype
 from .._library import Kernels
+from .._scalars import scalar_on
 from ..random import STREAM_NOISE, draw_seed
 from .randn import randn_out
 
@@ -129,6 +130,8 @@ def noise_scale(x: torch.Tensor, std: Union[float, torch.Tensor]) -> Tuple[float
             broadcast = None
         if broadcast != x.shape:
             raise ValueError(f"std of shape {tuple(std.shape)} does not broadcast to x of shape {tuple(x.shape)}")
-        scale, inner = broadcast_as_scale(std.to(x.device), x.shape)
+        if std.device != x.device:  # a 0-d CPU std: no host-to-device copy
+            std = scalar_on(std, x.device, std.dtype, ())
+        scale, inner = broadcast_as_scale(std, x.shape)
         return 1.0, scale, inner
     return check_nonnegative_number(std, "std"), None, 1

@@ -21,6 +21,7 @@ from .._checks import check_float_tensor
 from .._dtypes import math_dtype
 from .._layout import blocked_layout
 from .._library import Kernels
+from .._scalars import scalar_on
 
 
 def _check_index_values(index: torch.Tensor, rows: int) -> None:
@@ -114,9 +115,12 @@ def as_lam_tensor(lam, device: torch.device) -> torch.Tensor:
             raise ValueError(f"lam is on {lam.device} but x is on {device}")
         if lam.dim() == 0 and lam.dtype == torch.float64 and lam.device == device and not lam.requires_grad:
             return lam
-        return lam.detach().reshape(()).to(device=device, dtype=torch.float64)
+        lam = lam.detach().reshape(())
+        if lam.device != device:  # a CPU tensor: no host-to-device copy
+            return scalar_on(lam, device, torch.float64, ())
+        return lam.to(torch.float64)
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"lam must be a real number or a tensor, got {type(lam).__name__}")
     if not 0.0 <= float(lam) <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
-    return torch.tensor(float(lam), dtype=torch.float64, device=device)
+    return torch.full((), float(lam), dtype=torch.float64, device=device)  # a fill: no host-to-device copy

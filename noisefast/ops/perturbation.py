@@ -31,6 +31,7 @@ from .._checks import (check_finite_values, check_float_tensor, check_nonnegativ
                        values_checkable)
 from .._dtypes import math_dtype
 from .._library import Kernels
+from .._scalars import scalar_on
 from ..random import STREAM_NOISE, draw_seed
 from .randn import randn_out
 
@@ -191,7 +192,10 @@ def per_sample_arguments(x: torch.Tensor, values: Dict[str, Scalar], *,
     tensors = []
     for name, value in values.items():
         if isinstance(value, torch.Tensor):
-            t = value.to(device=x.device, dtype=acc).reshape(-1)
+            if value.dim() == 0 and value.device != x.device:
+                t = scalar_on(value, x.device, acc)  # no host-to-device copy
+            else:
+                t = value.to(device=x.device, dtype=acc).reshape(-1)
             tensors.append(t.expand(count) if t.numel() == 1 and count != 1 else t)
         else:
             tensors.append(torch.full((count,), float(value), dtype=acc, device=x.device))

@@ -100,7 +100,7 @@ def randn(*size, seed: int, stream: int = 0, offset: int = 0, device=None,
     if stream >= 2 ** 63:
         stream -= 2 ** 64  # the same 64 bits, as the int64 the op schema carries
     out = torch.empty(shape, dtype=dtype, device=device)
-    seed_tensor = torch.tensor([seed if seed < 2 ** 63 else seed - 2 ** 64], dtype=torch.int64,
-                               device=out.device)
+    # A fill, not torch.tensor(..., device=...): no host-to-device copy (capturable in a CUDA graph).
+    seed_tensor = torch.full((1,), seed if seed < 2 ** 63 else seed - 2 ** 64, dtype=torch.int64, device=out.device)
     randn_out(out, seed_tensor, stream, offset)
     return out

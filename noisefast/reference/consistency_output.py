@@ -29,8 +29,11 @@ def consistency_scalings(sigma, sigma_data: float = 0.5, sigma_min: float = 0.00
     sqrt = torch.sqrt if isinstance(sigma, torch.Tensor) else math.sqrt
     shifted = sigma - sigma_min
     norm = sqrt(sigma * sigma + sigma_data * sigma_data)
-    c_skip = sigma_data * sigma_data / (shifted * shifted + sigma_data * sigma_data)
-    return c_skip, sigma_data * shifted / norm, 1 / norm
+    numerator = sigma_data * sigma_data
+    denominator = shifted * shifted + numerator
+    if isinstance(denominator, torch.Tensor):  # number / tensor is reciprocal(tensor) * number: two roundings
+        numerator = torch.full_like(denominator, numerator)
+    return numerator / denominator, sigma_data * shifted / norm, 1 / norm
 
 
 def consistency_scalings_grad(sigma: torch.Tensor, sigma_data: float, sigma_min: float):

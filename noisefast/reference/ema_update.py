@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .._dtypes import FLOAT_DTYPES, math_dtype
+from .foreach_gaussian_noise import share_memory  # the kernels' rule (csrc/ops/shared_elements.cpp)
 
 
 def lerp_weight(decay: float, shadow_dtype: torch.dtype) -> float:
@@ -87,6 +88,12 @@ def check_operands(emas: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]
             if e.dtype != emas[i].dtype:
                 raise ValueError(f"{name} is {e.dtype} but {_shadow_name(multi, 0, i)} is {emas[i].dtype}: "
                                  "the profiles of one tensor must share a dtype")
+    live = [k for k, e in enumerate(emas) if e.numel() > 0]
+    for a in range(len(live)):
+        for b in range(a + 1, len(live)):
+            if share_memory(emas[live[a]], emas[live[b]]):
+                first, second = (_shadow_name(multi, k // n, k % n) for k in (live[a], live[b]))
+                raise ValueError(f"{first} and {second} share memory: their common elements would be updated twice")
 
 
 def ema_blend_(shadow: torch.Tensor, x: torch.Tensor, decay: float) -> None:

@@ -34,8 +34,8 @@ def _footprint(t: torch.Tensor):
     return t.data_ptr(), t.data_ptr() + extent * t.element_size()
 
 
-def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether a and b share an element (the kernels' rule, csrc/ops/foreach_gaussian_noise.cpp): footprints
+def share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b share an element (the kernels' rule, csrc/ops/shared_elements.cpp): footprints
     that overlap, then element byte addresses compared (mixed element sizes count as shared)."""
     (a0, a1), (b0, b1) = _footprint(a), _footprint(b)
     if a1 <= b0 or b1 <= a0:
@@ -91,7 +91,7 @@ def check_operands(tensors: Sequence[torch.Tensor], stds: Sequence[float], std_t
         live = [i for i, t in enumerate(tensors) if t.numel() > 0]
         for a in range(len(live)):
             for b in range(a + 1, len(live)):
-                if _share_memory(tensors[live[a]], tensors[live[b]]):
+                if share_memory(tensors[live[a]], tensors[live[b]]):
                     raise ValueError(f"tensors[{live[a]}] and tensors[{live[b]}] share memory: their common "
                                      "elements would receive noise twice")
     return values

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .device import on_tensor_device
-from .philox import sqrt_rn
+from .rounding import div_rn, sqrt_rn
 from .tiling import sample_tiling
 
 
@@ -20,7 +20,7 @@ from .tiling import sample_tiling
 def _scalings(sigma, sd, m):
     """(c_skip, c_out); at sigma = sigma_min exactly (1, 0)."""
     shifted = sigma - m
-    return sd * sd / (shifted * shifted + sd * sd), sd * shifted / sqrt_rn(sigma * sigma + sd * sd)
+    return div_rn(sd * sd, shifted * shifted + sd * sd), div_rn(sd * shifted, sqrt_rn(sigma * sigma + sd * sd))
 
 
 @triton.jit
@@ -29,7 +29,8 @@ def _scalings_grad(sigma, sd, m):
     shifted = sigma - m
     skip_denom = shifted * shifted + sd * sd
     norm2 = sigma * sigma + sd * sd
-    return -2 * sd * sd * shifted / (skip_denom * skip_denom), sd * (sd * sd + m * sigma) / (norm2 * sqrt_rn(norm2))
+    return (div_rn(-2 * sd * sd * shifted, skip_denom * skip_denom),
+            div_rn(sd * (sd * sd + m * sigma), norm2 * sqrt_rn(norm2)))
 
 
 @triton.jit
@@ -126,10 +127,12 @@ def _sigma_grad_kernel(sums_ptr, sigma_ptr, sd, m, consts_ptr, out_ptr, P, SHARE
 
 
 def _constant_args(sigma: torch.Tensor, sigma_data: float, sigma_min: float):
-    """(sd, m, consts_ptr, from_ptr) for the kernels: scalars for float32 math (no extra copy, and
-    nothing that CUDA-graph capture would refuse), a small float64 tensor for float64 math."""
+    """(sd, m, consts_ptr, from_ptr) for the kernels: scalars for float32 math, a small float64
+    tensor for float64 math, written by two fills (no host-to-device copy, which CUDA-graph capture
+    would refuse)."""
     if sigma.dtype == torch.float64:
-        consts = torch.tensor([sigma_data, sigma_min], dtype=torch.float64).to(sigma.device)
+        consts = torch.full((2,), sigma_data, dtype=torch.float64, device=sigma.device)
+        consts[1:].fill_(sigma_min)
         return 0.0, 0.0, consts, True
     return sigma_data, sigma_min, sigma, False
 

@@ -21,7 +21,7 @@ def _gaussian_noise_kernel(x_ptr, out_ptr, seed_ptr, n, std, scale_ptr, period, 
     # Math in float32 (float64 for float64 data), whatever the storage dtype.
     acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     x = tl.load(x_ptr + i, mask=mask, other=0.0).to(acc_ty)
-    sigma = tl.to_tensor(std).to(acc_ty)  # a float32 kernel argument (a Python float in the interpreter)
+    sigma = tl.cast(std, acc_ty)  # a float32 kernel argument (a Python float in the interpreter)
     if HAS_SCALE:
         sigma = sigma * tl.load(scale_ptr + (i // inner) % period, mask=mask, other=0.0).to(acc_ty)
     out = x + sigma * interleave4(z0, z1, z2, z3).to(acc_ty)

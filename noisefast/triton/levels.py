@@ -13,8 +13,7 @@ from .philox import philox_block, uniform_open01
 @triton.jit
 def stream_uniform(seed, stream, b):
     """Elements ``b`` (int64 tensor) of the uniform stream ``stream``, float32 in (0, 1)."""
-    # The stream as an int64 tensor: philox_block calls ``stream.to``, which a constant lacks.
-    w0, w1, w2, w3 = philox_block(seed, b * 0 + stream, b >> 2)
+    w0, w1, w2, w3 = philox_block(seed, stream, b >> 2)
     lane = b & 3
     w = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
     return uniform_open01(w)

@@ -16,7 +16,7 @@ from .._dtypes import math_dtype
 from ..random import STREAM_LEVELS, STREAM_NOISE, STREAM_OFFSET, STREAM_PERTURBATION
 from .device import on_tensor_device
 from .levels import level_index, search_steps
-from .philox import interleave4, normal4
+from .philox import interleave4, normal4, normal_at
 
 BLOCKS_PER_PROGRAM = 256                     # Philox blocks per program
 ELEMENTS_PER_PROGRAM = 4 * BLOCKS_PER_PROGRAM
@@ -41,22 +41,21 @@ def _positions(offset, BLOCKS: tl.constexpr):
 
 @triton.jit
 def _noise(seed, stream: tl.constexpr, q):
-    """Elements 4q .. 4q + 3 of a normal stream, in element order.
-
-    The stream goes in as an int64 tensor: philox.py's philox_block calls ``stream.to``, which a
-    constant (constexpr or int) lacks."""
-    z0, z1, z2, z3 = normal4(seed, q * 0 + stream, q)
+    """Elements 4q .. 4q + 3 of a normal stream, in element order."""
+    z0, z1, z2, z3 = normal4(seed, stream, q)
     return interleave4(z0, z1, z2, z3)
 
 
 @triton.jit
 def _row_of(i, i_first, inner, WIDE: tl.constexpr):
-    """i // inner; with WIDE (inner >= the program's element count) from the program's first row."""
+    """i // inner, from the program's first row: with WIDE (inner >= the program's element count)
+    the row or the next; else the offset from that row in 32-bit division (under 2 * the program's
+    elements for every valid i), not a 64-bit division per element."""
+    first = tl.maximum(i_first, 0) // inner
     if WIDE:
-        first = tl.maximum(i_first, 0) // inner
         return first + (i >= (first + 1) * inner).to(tl.int64)
     else:
-        return i // inner
+        return first + ((i - first * inner).to(tl.int32) // tl.cast(inner, tl.int32)).to(tl.int64)
 
 
 @triton.jit
@@ -66,14 +65,6 @@ def _pick(two, i, first, inner):
     v0 = tl.sum(tl.where(lane == 0, two, 0.0))
     v1 = tl.sum(tl.where(lane == 1, two, 0.0))
     return tl.where(i >= (first + 1) * inner, v1, v0)
-
-
-@triton.jit
-def _normal_at(seed, stream: tl.constexpr, j):
-    """Elements j (int64 tensor) of a normal stream."""
-    z0, z1, z2, z3 = normal4(seed, j * 0 + stream, j >> 2)
-    lane = j & 3
-    return tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
 
 
 @triton.jit
@@ -114,9 +105,9 @@ def _add_noise_kernel(x_ptr, noisy_ptr, target_ptr, seed_ptr, alpha_ptr, sigma_p
     if OFFSET_NOISE:
         if WIDE_ROW:
             first = tl.maximum(i_first, 0) // channel_inner
-            o = _pick(_normal_at(seed, _OFFSET, first + tl.arange(0, 2)), i, first, channel_inner)
+            o = _pick(normal_at(seed, _OFFSET, first + tl.arange(0, 2)), i, first, channel_inner)
         else:
-            o = _normal_at(seed, _OFFSET, i // channel_inner)
+            o = normal_at(seed, _OFFSET, _row_of(i, i_first, channel_inner, False))
         eps = eps + offset_scale * o.to(acc_ty)
     noise = eps
     if PERTURB:
@@ -199,15 +190,20 @@ def add_noise(x, seed, alpha, sigma, input_perturbation: float, offset_noise: fl
     acc = math_dtype(x.dtype)
     alpha, sigma = alpha.to(acc).contiguous(), sigma.to(acc).contiguous()
     params_in_memory = acc == torch.float64
-    params = (torch.tensor([input_perturbation, offset_noise], dtype=torch.float64, device=x.device)
-              if params_in_memory else sigma)
+    params = sigma
+    if params_in_memory:  # two fills: no host-to-device copy (CUDA-graph capture refuses those)
+        params = torch.full((2,), input_perturbation, dtype=torch.float64, device=x.device)
+        params[1:].fill_(offset_noise)
     grid = (triton.cdiv(_num_blocks(n, offset), BLOCKS_PER_PROGRAM),)
     _add_noise_kernel[grid](
         x, noisy, target, seed, alpha, sigma, float(input_perturbation), float(offset_noise), params,
         n, sample_inner, channel_inner, offset,
         PERTURB=input_perturbation != 0.0, OFFSET_NOISE=offset_noise != 0.0,
         WIDE_SAMPLE=sample_inner >= ELEMENTS_PER_PROGRAM, WIDE_ROW=channel_inner >= ELEMENTS_PER_PROGRAM,
-        PARAMS_IN_MEMORY=params_in_memory, BLOCKS=BLOCKS_PER_PROGRAM)
+        PARAMS_IN_MEMORY=params_in_memory, BLOCKS=BLOCKS_PER_PROGRAM,
+        # Offset noise draws one more normal per element (per row when rows are WIDE): with four
+        # warps (two Philox blocks per thread) that spills registers; eight warps hold one block.
+        num_warps=4)
     return noisy, target
 
 

@@ -16,8 +16,8 @@ import triton.language as tl
 
 from .._dtypes import math_dtype
 from .device import on_tensor_device
-from .philox import sqrt_rn
-from .tiling import sample_tiling
+from .rounding import div_rn, sqrt_rn
+from .tiling import MAX_ITERS, sample_tiling
 
 FINISH_BLOCK = 1024    # partials read per step by the finishing kernel
 
@@ -27,12 +27,12 @@ FINISH_BLOCK = 1024    # partials read per step by the finishing kernel
 def _term(s, c):
     """sqrt(s + c^2) - c as s / (sqrt(s + c^2) + c); 0 for s = c = 0, inf for s = inf."""
     denom = sqrt_rn(s + c * c) + c
-    return tl.where((denom > 0) & (s < float("inf")), s / denom, s)
+    return tl.where((denom > 0) & (s < float("inf")), div_rn(s, denom), s)
 
 
 @triton.jit
 def _inv_root(root):
-    return tl.where(root != 0, 1 / root, 0.0)
+    return tl.where(root != 0, div_rn(1.0, root), 0.0)
 
 
 @triton.jit
@@ -40,7 +40,7 @@ def _finish(total, c, D, PER_SAMPLE: tl.constexpr):
     if PER_SAMPLE:
         return _term(total, c)
     else:
-        return total / D  # NaN for D = 0: the mean over no elements
+        return div_rn(total, tl.cast(D, total.dtype))  # NaN for D = 0: the mean over no elements
 
 
 @triton.jit
@@ -114,7 +114,7 @@ def _backward_kernel(a_ptr, b_ptr, grad_ptr, loss_ptr, c, c_ptr, ga_ptr, gb_ptr,
         # root = sqrt(||e_b||^2 + c^2) = loss_b + c: the saved loss is all the backward needs.
         k = g * _inv_root(tl.load(loss_ptr + rows, mask=row_ok, other=0.0).to(acc_ty) + cval)
     else:
-        k = g / D
+        k = div_rn(g, tl.cast(D, g.dtype))
     for it in range(ITERS):
         col = cols + it * COLS
         mask = row_ok[:, None] & (col[None, :] < D)
@@ -147,7 +147,10 @@ def pseudo_huber_forward(input: torch.Tensor, target: torch.Tensor, c: float, pe
     elements = input.numel() // samples
     if elements == 0:  # what the kernels would give: a zero norm, or a mean over nothing
         return loss.fill_(0.0 if per_sample else float("nan"))
-    rows, cols, iters, chunks = sample_tiling(samples, elements)
+    # float64 division and square root are subroutine calls on NVIDIA GPUs; per element, inside
+    # the ITERS loop, Triton 3.6 spills around them (tests/triton_aot.py): one tile per program.
+    max_iters = 1 if acc == torch.float64 and not per_sample else MAX_ITERS
+    rows, cols, iters, chunks = sample_tiling(samples, elements, max_iters)
     c_value, c_ptr, c_from_ptr = _c_args(c, loss, acc)
     partial = loss if chunks == 1 else torch.empty((samples * chunks,), dtype=acc, device=input.device)
     grid = (triton.cdiv(samples, rows) * chunks,)

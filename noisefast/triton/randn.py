@@ -42,7 +42,7 @@ def _philox_words_kernel(out_ptr, seed_ptr, rows, stream, first_block, BLOCKS: t
     w0, w1, w2, w3 = philox_block(seed, stream, first_block + r)
     words = interleave4(w0.to(tl.int64), w1.to(tl.int64), w2.to(tl.int64), w3.to(tl.int64))
     i = tl.program_id(0).to(tl.int64) * (4 * BLOCKS) + tl.arange(0, 4 * BLOCKS)
-    tl.store(out_ptr + i, words, mask=i < 4 * rows)
+    tl.store(out_ptr + i, words, mask=i // 4 < rows)  # int64 compare: 4 * rows would overflow int32
 
 
 @on_tensor_device

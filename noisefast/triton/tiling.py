@@ -11,12 +11,13 @@ TARGET_PROGRAMS = 1024  # enough to fill an H100 (132 SMs) several times over
 MAX_ITERS = 64         # at most 64K elements per program
 
 
-def sample_tiling(samples: int, elements: int):
-    """(ROWS, COLS, ITERS, P): the tile of one program and the number of chunks per sample."""
+def sample_tiling(samples: int, elements: int, max_iters: int = MAX_ITERS):
+    """(ROWS, COLS, ITERS, P): the tile of one program and the number of chunks per sample
+    (ITERS <= max_iters)."""
     cols = min(BLOCK, triton.next_power_of_2(max(elements, 1)))
     rows = BLOCK // cols
     if cols < BLOCK:
         return rows, cols, 1, 1
     chunks_wanted = max(1, triton.cdiv(TARGET_PROGRAMS, samples))
-    iters = min(MAX_ITERS, triton.next_power_of_2(max(1, triton.cdiv(elements, BLOCK * chunks_wanted))))
+    iters = min(max_iters, triton.next_power_of_2(max(1, triton.cdiv(elements, BLOCK * chunks_wanted))))
     return rows, cols, iters, triton.cdiv(elements, BLOCK * iters)
