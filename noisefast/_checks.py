@@ -2,8 +2,13 @@
 
 Numbers (checked on the host, once per call): :func:`check_int`, :func:`check_real`,
 :func:`check_nonnegative_number`. Tensors: :func:`check_float_tensor` (type and dtype) and the value
-checks :func:`check_nonnegative_values`, :func:`check_finite_values`, which read the tensor on the
-host and so run inside an op's implementation, where values exist even under torch.compile.
+checks :func:`check_nonnegative_values`, :func:`check_finite_values` and :func:`check_values`.
+
+A value check never costs a host synchronisation: CPU values are read on the host in eager mode
+(free there) and raise ValueError; values on a GPU, and any values while torch.compile traces, are
+checked on the device by ``torch._assert_async`` (no synchronisation, no graph break, captured by
+CUDA graphs and checked again at every replay). A failed device-side check is an error at the next
+synchronisation: a RuntimeError with the message on the CPU, a device-side assertion on CUDA.
 """
 from __future__ import annotations
 
@@ -64,31 +69,76 @@ def values_checkable(t: torch.Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
+def read_on_host(t: torch.Tensor) -> bool:
+    """Whether a value check reads ``t`` on the host: eager mode on the CPU, where reading is free.
+    Elsewhere (a GPU, or torch.compile tracing) checks run on the device (:func:`check_values`)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def check_values(ok: torch.Tensor, message: str) -> None:
+    """ValueError(message) unless the one-element bool tensor ``ok`` is true.
+
+    Read on the host where that is free (:func:`read_on_host`); else ``torch._assert_async``: a
+    device-side check that neither synchronises nor breaks a compiled graph (module docstring).
+    """
+    if read_on_host(ok):
+        if not bool(ok):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok, message)
+
+
 def _first_bad(t: torch.Tensor, bad: torch.Tensor) -> float:
     return t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]].item()
 
 
-def check_nonnegative_values(t: torch.Tensor, name: str) -> None:
-    """Raise ValueError if ``t`` holds a negative or non-finite value (reads t on the host).
+def _check_elements(t: torch.Tensor, bad: torch.Tensor, message: str) -> None:
+    if read_on_host(bad):
+        if bool(bad.any()):
+            raise ValueError(f"{message}, found {_first_bad(t, bad)}")
+    else:
+        torch._assert_async(~bad.any(), message)
 
-    Call from inside an op's implementation, where the values exist even under torch.compile.
-    Skipped while a CUDA graph is being captured, when reading would break the capture.
+
+def check_nonnegative_values(t: torch.Tensor, name: str) -> None:
+    """Raise ValueError if ``t`` holds a negative or non-finite value (naming the first one).
+
+    Call from inside an op's implementation, where the values exist even under torch.compile. CPU
+    values are read on the host; values on a GPU are checked on the device (module docstring).
     """
-    if t.numel() == 0 or not values_checkable(t):
+    if t.numel() == 0:
         return
-    bad = ~torch.isfinite(t) | (t < 0)
-    if bool(bad.any()):
-        raise ValueError(f"{name} must be finite and >= 0 everywhere, found {_first_bad(t, bad)}")
+    _check_elements(t, ~torch.isfinite(t) | (t < 0), f"{name} must be finite and >= 0 everywhere")
 
 
 def check_finite_values(t: torch.Tensor, name: str) -> None:
     """ValueError if ``t`` holds NaN or an infinity (any sign is fine: alpha may be negative).
 
-    Like :func:`check_nonnegative_values`, called inside the ops' implementations and skipped
-    during CUDA-graph capture.
+    Like :func:`check_nonnegative_values`, called inside the ops' implementations.
     """
-    if t.numel() == 0 or not values_checkable(t):
+    if t.numel() == 0:
         return
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        raise ValueError(f"{name} must be finite everywhere, found {_first_bad(t, bad)}")
+    _check_elements(t, ~torch.isfinite(t), f"{name} must be finite everywhere")
+
+
+def check_int_tensor(t: torch.Tensor, name: str) -> None:
+    """TypeError unless ``t`` is a 0-d integer tensor (a count or a step given as data)."""
+    if t.dim() != 0 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an int or a 0-d integer tensor, got a {t.dtype} tensor of shape "
+                        f"{tuple(t.shape)}")
+
+
+def check_num_levels(num_levels, capacity: int, device: torch.device):
+    """``num_levels`` of a table of ``capacity`` entries on ``device``: an int in [2, capacity], or a
+    0-d integer tensor on ``device`` whose value is checked by :func:`check_values`."""
+    if isinstance(num_levels, torch.Tensor):
+        check_int_tensor(num_levels, "num_levels")
+        if num_levels.device != device:
+            raise ValueError(f"num_levels is on {num_levels.device} but the table is on {device}")
+        check_values((num_levels >= 2) & (num_levels <= capacity),
+                     f"num_levels must be in [2, {capacity}] (the table's capacity)")
+        return num_levels
+    num_levels = check_int(num_levels, "num_levels", 2)
+    if num_levels > capacity:
+        raise ValueError(f"num_levels must be <= {capacity} (the table's capacity), got {num_levels}")
+    return num_levels

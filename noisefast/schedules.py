@@ -32,11 +32,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections import OrderedDict
-from typing import Callable, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
-from ._checks import check_int, check_real
+from ._checks import check_int, check_num_levels, check_real, check_values
 from ._dtypes import FLOAT_DTYPES
 from .magnitude import MagnitudeSchedule, constant, cosine, interval, linear, polynomial
 
@@ -44,7 +44,7 @@ __all__ = [
     "karras_sigmas", "KarrasLevels",
     "ict_num_levels", "ct_num_levels", "sinusoidal_num_levels", "ct_ema_decay",
     "Curriculum", "ICTCurriculum", "CTCurriculum", "SinusoidalCurriculum", "ConstantCurriculum",
-    "make_curriculum",
+    "make_curriculum", "curriculum_stages",
     "lognormal_level_probs", "index_from_cdf",
     "LevelDistribution", "LogNormalLevels", "PolynomialLevels", "UniformLevels",
     "LogNormal", "LogUniform", "LogLogistic", "VDiffusion", "LaplaceLogSNR", "ect_r_from_t",
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 _F64 = torch.float64
+Levels = Union[int, torch.Tensor]  # a number of levels: a Python int, or a 0-d integer tensor (data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,8 +70,17 @@ def _dtype_arg(dtype, name: str = "dtype") -> torch.dtype:
     return dtype
 
 
-def _check_sigmas(sigmas, name: str = "sigmas") -> torch.Tensor:
-    """Validate a level vector and return it as float64 (same device)."""
+def _check_sigmas(sigmas, name: str = "sigmas", num_levels=None) -> Tuple[torch.Tensor, Levels]:
+    """Validate a level vector; return it as float64 (same device) and its number of levels n.
+
+    Without ``num_levels`` every entry is a level: n = sigmas.numel(), a Python int. With
+    ``num_levels`` (an int, or a 0-d integer tensor on sigmas' device) ``sigmas`` is a table of fixed
+    capacity whose first n entries are the levels and whose other entries are ignored: n stays
+    data, so a compiled step neither recompiles nor synchronises when it changes.
+
+    The levels must be finite, > 0 and strictly ascending: checked by ``check_values`` (read on
+    the host on the CPU in eager mode, on the device otherwise; never a synchronisation).
+    """
     if not isinstance(sigmas, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(sigmas).__name__}")
     if sigmas.dtype not in FLOAT_DTYPES:
@@ -78,13 +88,21 @@ def _check_sigmas(sigmas, name: str = "sigmas") -> torch.Tensor:
     if sigmas.dim() != 1 or sigmas.numel() < 2:
         raise ValueError(f"{name} must be 1-D with at least 2 levels, got shape {tuple(sigmas.shape)}")
     s = sigmas.detach().to(_F64)
-    # Reading values on a CUDA device syncs once; skipped while a CUDA graph is captured.
-    if not (s.is_cuda and torch.cuda.is_current_stream_capturing()):
-        if not bool(torch.isfinite(s).all()) or not bool((s[0] > 0).item()):
-            raise ValueError(f"{name} must be finite and > 0")
-        if not bool((s[1:] > s[:-1]).all()):
-            raise ValueError(f"{name} must be strictly ascending (sigma_0 < sigma_1 < ...)")
-    return s
+    if num_levels is None:
+        check_values(torch.isfinite(s).all() & (s[0] > 0), f"{name} must be finite and > 0")
+        check_values((s[1:] > s[:-1]).all(), f"{name} must be strictly ascending (sigma_0 < sigma_1 < ...)")
+        return s, s.numel()
+    n = check_num_levels(num_levels, s.numel(), s.device)
+    inactive = _positions(s.numel(), s.device) >= n
+    check_values((torch.isfinite(s) & (s > 0) | inactive).all(),
+                 f"{name} must be finite and > 0 in its first num_levels entries")
+    check_values(((s[1:] > s[:-1]) | inactive[1:]).all(),
+                 f"{name} must be strictly ascending in its first num_levels entries")
+    return s, n
+
+
+def _positions(count: int, device) -> torch.Tensor:
+    return torch.arange(count, device=device)
 
 
 def _default_device(device) -> torch.device:
@@ -298,7 +316,12 @@ def sinusoidal_num_levels(step: int, total_steps: int, s0: int = 20, s1: int = 2
     """
     step, total_steps = _check_steps(step, total_steps)
     s0, s1 = _check_s0_s1(s0, s1, 2)
-    return _sinusoidal_at(math.floor(10 * math.pi * (step / total_steps) ** 1.5), s0, s1)
+    return _sinusoidal_at(_sinusoidal_phase(step, total_steps), s0, s1)
+
+
+def _sinusoidal_phase(step: int, total_steps: int) -> int:
+    # floor(10 pi (k/K)^1.5): nondecreasing in k, 0..31.
+    return math.floor(10 * math.pi * (step / total_steps) ** 1.5)
 
 
 def _sinusoidal_at(phase: int, s0: int, s1: int) -> int:
@@ -326,9 +349,17 @@ def ct_ema_decay(num_levels: int, s0: int = 2, mu0: float = 0.9) -> float:
     return math.exp(s0 * math.log(mu0) / num_levels)
 
 
+Stages = List[Tuple[int, int]]  # [(first step, N), ...]: N from each first step to the next
+
+
 class Curriculum:
     """Maps a training step to the number of levels N. Subclasses set ``total_steps`` and implement
-    ``num_levels(step) -> int`` and ``max_levels`` (the largest N the run can reach)."""
+    ``num_levels(step) -> int`` and ``max_levels`` (the largest N the run can reach).
+
+    ``stages()`` gives the whole run at once, as the list of (first step, N) of its pieces of
+    constant N, in order from step 0 (steps past ``total_steps`` keep the last N): what a table of
+    every level set the run reaches is built from (``ConsistencyNoise``).
+    """
 
     total_steps: Optional[int] = None
 
@@ -339,8 +370,55 @@ class Curriculum:
     def max_levels(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def stages(self) -> Stages:
+        """[(first step, N), ...] over steps 0..total_steps (here: N evaluated at every step)."""
+        return _walk_stages(self.num_levels, self.total_steps)
+
     def __call__(self, step: int) -> int:
         return self.num_levels(step)
+
+
+def _walk_stages(num_levels: Callable[[int], int], total_steps) -> Stages:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int):
+        raise TypeError("a curriculum without stages() needs an int total_steps to be walked, got "
+                        f"{type(total_steps).__name__}")
+    stages: Stages = []
+    for step in range(total_steps + 1):
+        n = num_levels(step)
+        if not stages or stages[-1][1] != n:
+            stages.append((step, n))
+    return stages
+
+
+def _bisect_stages(num_levels: Callable[[int], int], key: Callable[[int], int], total_steps: int) -> Stages:
+    """The stages of a curriculum whose N(k) is a function of key(k), a nondecreasing integer
+    function of the step: each change of key is found by bisection (O(log K) evaluations each)."""
+    stages: Stages = []
+    step, last = 0, key(total_steps)
+    while True:
+        k = key(step)
+        n = num_levels(step)
+        if not stages or stages[-1][1] != n:
+            stages.append((step, n))
+        if k == last:
+            return stages
+        lo, hi = step, total_steps  # key(lo) == k != key(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if key(mid) == k:
+                lo = mid
+            else:
+                hi = mid
+        step = hi
+
+
+def curriculum_stages(curriculum) -> Stages:
+    """[(first step, N), ...] of any curriculum object: its ``stages()`` when it has one, else
+    N(k) evaluated at every step 0..total_steps (it needs an int ``total_steps``)."""
+    stages = getattr(curriculum, "stages", None)
+    if callable(stages):
+        return stages()
+    return _walk_stages(curriculum.num_levels, getattr(curriculum, "total_steps", None))
 
 
 class _FormulaCurriculum(Curriculum):
@@ -359,6 +437,12 @@ class _FormulaCurriculum(Curriculum):
     @property
     def max_levels(self) -> int:
         return self.num_levels(self.total_steps)  # right for the curricula whose N(k) never decreases
+
+    def stages(self) -> Stages:
+        return _bisect_stages(self.num_levels, self._stage_key, self.total_steps)
+
+    def _stage_key(self, step: int) -> int:
+        return self.num_levels(step)  # ICT and CT: N(k) itself never decreases
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(total_steps={self.total_steps}, s0={self.s0}, s1={self.s1})"
@@ -406,6 +490,9 @@ class SinusoidalCurriculum(_FormulaCurriculum):
             return max(self.num_levels(k) for k in range(self.total_steps + 1))
         return max(_sinusoidal_at(p, self.s0, self.s1) for p in range(math.floor(10 * math.pi) + 1))
 
+    def _stage_key(self, step: int) -> int:
+        return _sinusoidal_phase(min(step, self.total_steps), self.total_steps)
+
 
 class ConstantCurriculum(Curriculum):
     """The same N at every step (Gokmen et al.'s constant-N runs, or a fixed discretisation)."""
@@ -421,6 +508,9 @@ class ConstantCurriculum(Curriculum):
     @property
     def max_levels(self) -> int:
         return self.n
+
+    def stages(self) -> Stages:
+        return [(0, self.n)]
 
     def __repr__(self) -> str:
         return f"ConstantCurriculum(n={self.n})"
@@ -488,7 +578,8 @@ def _log_normal_mass(lo: torch.Tensor, hi: torch.Tensor, width: torch.Tensor) ->
     return torch.where(diff > -1e-8, midpoint, exact)
 
 
-def lognormal_level_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+def lognormal_level_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0, *,
+                          num_levels: Optional[Levels] = None) -> torch.Tensor:
     """iCT's discrete log-normal distribution over the intervals of ``sigmas``.
 
     p(i) proportional to erf((ln sigma_{i+1} - P_mean) / (sqrt(2) P_std))
@@ -500,22 +591,30 @@ def lognormal_level_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: flo
     0.0196, 0.0089, 0.0040].
 
     Args:
-        sigmas: Tensor [N], N >= 2, finite, > 0, strictly ascending (any float dtype).
+        sigmas: Tensor [N], N >= 2, finite, > 0, strictly ascending (any float dtype); with
+            ``num_levels``, a table of capacity M whose first N = num_levels entries are the levels.
         p_mean: P_mean.  p_std: P_std > 0.
+        num_levels: None, or N as an int or a 0-d integer tensor on sigmas' device (data: a
+            compiled caller neither recompiles nor synchronises when it changes).
 
     Returns:
-        float64 Tensor [N-1] on sigmas' device, summing to 1.
+        float64 Tensor [N-1] (with ``num_levels``: [M-1], zero from entry N-1 on) on sigmas'
+        device, summing to 1.
     """
-    s = _check_sigmas(sigmas)
+    s, n = _check_sigmas(sigmas, num_levels=num_levels)
     p_mean = check_real(p_mean, "p_mean")
     p_std = check_real(p_std, "p_std", positive=True)
     z = (torch.log(s) - p_mean) / p_std
     width = torch.log1p(torch.diff(s) / s[:-1]) / p_std  # z[i+1] - z[i] without cancellation
-    return torch.softmax(_log_normal_mass(z[:-1], z[1:], width), dim=0)
+    log_mass = _log_normal_mass(z[:-1], z[1:], width)
+    if num_levels is not None:
+        log_mass = torch.where(_positions(s.numel() - 1, s.device) < n - 1, log_mass, -math.inf)
+    return torch.softmax(log_mass, dim=0)
 
 
 def _cdf_from_probs(probs: torch.Tensor) -> torch.Tensor:
-    # Dividing by the last partial sum makes the last entry exactly 1 and keeps every entry <= 1.
+    # Dividing by the last partial sum makes the last entry exactly 1 and keeps every entry <= 1;
+    # entries of probability 0 after the last level (a table of fixed capacity) are exactly 1 too.
     total = torch.cumsum(probs, dim=0)
     return total / total[-1]
 
@@ -525,7 +624,9 @@ def index_from_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
     index = number of entries of ``cdf`` that are <= u (``torch.searchsorted(cdf, u, right=True)``),
     clamped to len(cdf) - 1, so P(index = i) = cdf[i] - cdf[i-1] and intervals of probability 0 are
-    never chosen. This is the rule the fused GPU sampler implements.
+    never chosen. This is the rule the fused GPU sampler implements. A table of fixed capacity
+    whose entries from N-2 on are exactly 1 (a sampler's ``cdf`` with ``num_levels``) gives indices
+    in [0, N-2].
 
     Args:
         cdf: float64 Tensor [N-1], non-decreasing, last entry 1 (a sampler's ``.cdf``).
@@ -546,6 +647,12 @@ class LevelDistribution:
     running sum, float64 [N-1] with the last entry exactly 1, for inverse-CDF sampling
     (:func:`index_from_cdf`).
 
+    Each method also takes ``num_levels=N`` (an int or a 0-d integer tensor on sigmas' device):
+    ``sigmas`` is then a table of fixed capacity M whose first N entries are the levels; ``probs``
+    and ``cdf`` return [M-1] entries (probability 0 and cumulative 1 from entry N-1 on), ``sample``
+    indices in [0, N-2]. With N a tensor nothing depends on its value but data: under
+    ``torch.compile(fullgraph=True)`` a changing N neither recompiles nor synchronises.
+
     ``iid`` (alias ``fused``) says whether the indices of a batch are independent and identically
     distributed with these probabilities; only such samplers can be drawn inside the fused
     perturbation kernel by inverse CDF.
@@ -558,18 +665,20 @@ class LevelDistribution:
         """Whether the fused GPU kernel can draw this distribution (same as ``iid``)."""
         return self.iid
 
-    def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None, *,
+              num_levels: Optional[Levels] = None) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def cdf(self, sigmas: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    def cdf(self, sigmas: torch.Tensor, batch_size: Optional[int] = None, *,
+            num_levels: Optional[Levels] = None) -> torch.Tensor:
         """Cumulative probabilities, float64 [N-1] on sigmas' device; the last entry is exactly 1."""
-        return _cdf_from_probs(self.probs(sigmas, batch_size=batch_size))
+        return _cdf_from_probs(self.probs(sigmas, batch_size=batch_size, num_levels=num_levels))
 
-    def sample(self, batch_size: int, sigmas: torch.Tensor, *,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, batch_size: int, sigmas: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+               num_levels: Optional[Levels] = None) -> torch.Tensor:
         """``batch_size`` i.i.d. indices by inverse CDF (int64 Tensor [batch_size])."""
         batch_size = check_int(batch_size, "batch_size", 0)
-        cdf = self.cdf(sigmas)
+        cdf = self.cdf(sigmas, num_levels=num_levels)
         return index_from_cdf(cdf, _random("rand", batch_size, generator, cdf.device))
 
 
@@ -586,35 +695,51 @@ class LogNormalLevels(LevelDistribution):
         self.p_mean = check_real(p_mean, "p_mean")
         self.p_std = check_real(p_std, "p_std", positive=True)
 
-    def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None, *,
+              num_levels: Optional[Levels] = None) -> torch.Tensor:
         """float64 [N-1]; ``batch_size`` is accepted for a uniform interface and ignored."""
-        return lognormal_level_probs(sigmas, self.p_mean, self.p_std)
+        return lognormal_level_probs(sigmas, self.p_mean, self.p_std, num_levels=num_levels)
 
     def __repr__(self) -> str:
         return f"LogNormalLevels(p_mean={self.p_mean}, p_std={self.p_std})"
 
 
+def _interval_fraction(count: int, n: Levels, device) -> torch.Tensor:
+    """(i+1)/(N-1) for i = 0..count-1, float64, at most 1: the cumulative share of the first i+1
+    of the N-1 intervals (entries past the last interval are exactly 1)."""
+    return (torch.arange(1, count + 1, dtype=_F64, device=device) / (n - 1)).clamp_(max=1.0)
+
+
 class UniformLevels(LevelDistribution):
-    """Every interval equally likely (original consistency training, Song et al. 2023)."""
+    """Every interval equally likely (original consistency training, Song et al. 2023).
+
+    ``sample`` draws ``randint(0, N-1)``; with ``num_levels`` (N as data) it draws by inverse CDF.
+    """
 
     iid = True
 
-    def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None, *,
+              num_levels: Optional[Levels] = None) -> torch.Tensor:
         """float64 [N-1], all 1/(N-1); ``batch_size`` is ignored."""
-        s = _check_sigmas(sigmas)
-        return torch.full((s.numel() - 1,), 1.0 / (s.numel() - 1), dtype=_F64, device=s.device)
+        s, n = _check_sigmas(sigmas, num_levels=num_levels)
+        if num_levels is None:
+            return torch.full((n - 1,), 1.0 / (n - 1), dtype=_F64, device=s.device)
+        share = torch.ones((), dtype=_F64, device=s.device) / (n - 1)
+        return torch.where(_positions(s.numel() - 1, s.device) < n - 1, share, 0.0)
 
-    def cdf(self, sigmas: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    def cdf(self, sigmas: torch.Tensor, batch_size: Optional[int] = None, *,
+            num_levels: Optional[Levels] = None) -> torch.Tensor:
         """(i+1)/(N-1), i = 0..N-2, float64; the last entry is exactly 1."""
-        s = _check_sigmas(sigmas)
-        intervals = s.numel() - 1
-        return torch.arange(1, intervals + 1, dtype=_F64, device=s.device) / intervals
+        s, n = _check_sigmas(sigmas, num_levels=num_levels)
+        return _interval_fraction(s.numel() - 1, n, s.device)
 
-    def sample(self, batch_size: int, sigmas: torch.Tensor, *,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, batch_size: int, sigmas: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+               num_levels: Optional[Levels] = None) -> torch.Tensor:
+        if num_levels is not None:
+            return super().sample(batch_size, sigmas, generator=generator, num_levels=num_levels)
         batch_size = check_int(batch_size, "batch_size", 0)
-        s = _check_sigmas(sigmas)
-        return _random("randint", batch_size, generator, s.device, high=s.numel() - 1)
+        s, n = _check_sigmas(sigmas)
+        return _random("randint", batch_size, generator, s.device, high=n - 1)
 
     def __repr__(self) -> str:
         return "UniformLevels()"
@@ -649,13 +774,14 @@ class PolynomialLevels(LevelDistribution):
     def iid(self) -> bool:
         return not self.stratified
 
-    def _strata(self, batch_size: int, top: int, device) -> torch.Tensor:
+    def _strata(self, batch_size: int, top: Levels, device) -> torch.Tensor:
         """t_b = (b/(B-1))^curve * (N-2), float64 [B]; the same expression in sample and probs so
         floor(t_b) agrees bit for bit."""
         frac = torch.arange(batch_size, dtype=_F64, device=device) / max(batch_size - 1, 1)
         return frac ** self.curve * top
 
-    def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    def probs(self, sigmas: torch.Tensor, batch_size: Optional[int] = None, *,
+              num_levels: Optional[Levels] = None) -> torch.Tensor:
         """Probability of each interval, float64 [N-1].
 
         i.i.d.: ((i+1)/(N-1))^(1/curve) - (i/(N-1))^(1/curve); ``batch_size`` is ignored.
@@ -666,10 +792,10 @@ class PolynomialLevels(LevelDistribution):
         the fallback mass Phi(-mu_b) + 1 - Phi(N-2-mu_b) at i = floor(t_b). Sorting does not change
         this.
         """
-        s = _check_sigmas(sigmas)
-        n = s.numel()
+        s, n = _check_sigmas(sigmas, num_levels=num_levels)
+        intervals = s.numel() - 1  # N-1, or M-1 for a table of capacity M
         if not self.stratified:
-            cdf = self._iid_cdf(n, s.device)
+            cdf = self._iid_cdf(intervals, n, s.device)
             return torch.diff(cdf, prepend=torch.zeros(1, dtype=_F64, device=s.device))
         if batch_size is None:
             raise ValueError("batch_size is required for the stratified PolynomialLevels: its "
@@ -677,49 +803,55 @@ class PolynomialLevels(LevelDistribution):
         batch_size = check_int(batch_size, "batch_size", 1)
         top = n - 2
         strata = self._strata(batch_size, top, s.device)
-        mu = strata + n ** 0.2
-        edges = torch.arange(0, top + 1, dtype=_F64, device=s.device)  # 0, 1, ..., N-2
-        out = torch.zeros(n - 1, dtype=_F64, device=s.device)
-        rows = max(1, (1 << 22) // n)  # bound the [rows, N] work array to ~32 MB
+        mu = strata + _fifth_root(n)
+        edges = torch.arange(0, intervals, dtype=_F64, device=s.device)  # 0, 1, ..., N-2 (or M-2)
+        below_top = edges[:-1] < top  # the intervals [i, i+1) with i <= N-3
+        out = torch.zeros(intervals, dtype=_F64, device=s.device)
+        rows = max(1, (1 << 22) // (intervals + 1))  # bound the [rows, N] work array to ~32 MB
         for start in range(0, batch_size, rows):
             m = mu[start:start + rows, None]
             phi = torch.special.ndtr(edges - m)
-            out[:top] += torch.diff(phi, dim=1).sum(dim=0)  # x in [i, i+1) for i = 0 .. N-3
+            inside = torch.diff(phi, dim=1).sum(dim=0)  # x in [i, i+1) for i = 0 .. N-3
+            out[:-1] += inside if num_levels is None else torch.where(below_top, inside, 0.0)
             fallback = torch.special.ndtr(-m[:, 0]) + torch.special.ndtr(m[:, 0] - top)
             out.index_add_(0, torch.floor(strata[start:start + rows]).long(), fallback)
         return out / batch_size
 
-    def cdf(self, sigmas: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    def cdf(self, sigmas: torch.Tensor, batch_size: Optional[int] = None, *,
+            num_levels: Optional[Levels] = None) -> torch.Tensor:
         """Cumulative probabilities, float64 [N-1], last entry exactly 1 (stratified: needs
         ``batch_size``, see :meth:`probs`)."""
         if self.stratified:
-            return _cdf_from_probs(self.probs(sigmas, batch_size=batch_size))
-        s = _check_sigmas(sigmas)
-        return self._iid_cdf(s.numel(), s.device)
+            return _cdf_from_probs(self.probs(sigmas, batch_size=batch_size, num_levels=num_levels))
+        s, n = _check_sigmas(sigmas, num_levels=num_levels)
+        return self._iid_cdf(s.numel() - 1, n, s.device)
 
-    def _iid_cdf(self, n: int, device) -> torch.Tensor:
+    def _iid_cdf(self, count: int, n: Levels, device) -> torch.Tensor:
         # P(floor(u^curve (N-1)) <= i) = P(u < ((i+1)/(N-1))^(1/curve)); the last entry is 1^x = 1.
-        ratio = torch.arange(1, n, dtype=_F64, device=device) / (n - 1)
-        return ratio ** (1.0 / self.curve)
+        return _interval_fraction(count, n, device) ** (1.0 / self.curve)
 
-    def sample(self, batch_size: int, sigmas: torch.Tensor, *,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, batch_size: int, sigmas: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+               num_levels: Optional[Levels] = None) -> torch.Tensor:
         """int64 Tensor [batch_size] of interval indices (sorted when stratified)."""
         batch_size = check_int(batch_size, "batch_size", 0)
-        s = _check_sigmas(sigmas)
-        n = s.numel()
+        s, n = _check_sigmas(sigmas, num_levels=num_levels)
         top = n - 2
         if not self.stratified:
             u = _random("rand", batch_size, generator, s.device)
             return torch.floor(u ** self.curve * (n - 1)).long().clamp_(max=top)
         strata = self._strata(batch_size, top, s.device)
-        x = strata + _random("randn", batch_size, generator, s.device) + n ** 0.2
+        x = strata + _random("randn", batch_size, generator, s.device) + _fifth_root(n)
         inside = (x >= 0) & (x < top)
         idx = torch.where(inside, torch.trunc(x), torch.floor(strata)).long()
         return torch.sort(idx).values
 
     def __repr__(self) -> str:
         return f"PolynomialLevels(curve={self.curve}, stratified={self.stratified})"
+
+
+def _fifth_root(n: Levels) -> Union[float, torch.Tensor]:
+    """N^(1/5) in float64: a Python float for an int N, a 0-d tensor for a tensor N."""
+    return n.to(_F64) ** 0.2 if isinstance(n, torch.Tensor) else n ** 0.2
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 
 from .._checks import (check_finite_values, check_float_tensor, check_nonnegative_number, check_nonnegative_values,
-                       values_checkable)
+                       check_num_levels, check_values)
 from .._dtypes import math_dtype
 from .._library import Kernels
 from .._scalars import scalar_on
@@ -343,10 +343,15 @@ def _sampled_backward(ctx, grad_cur, grad_next, *unused):
 sampled_consistency_pair_op.register_autograd(_sampled_backward, setup_context=_sampled_setup_context)
 
 
-def check_level_table(sigmas: torch.Tensor, cdf: torch.Tensor) -> None:
+def check_level_table(sigmas: torch.Tensor, cdf: torch.Tensor, num_levels=None):
     """TypeError/ValueError unless ``sigmas`` is n >= 2 ascending finite levels >= 0 and ``cdf`` is
-    n - 1 nondecreasing values in [0, 1] ending at 1 (within 1e-6). Reads both on the host
-    (skipped during CUDA-graph capture)."""
+    n - 1 nondecreasing values in [0, 1] ending at 1 (within 1e-6); returns n.
+
+    Without ``num_levels`` n = sigmas.numel(). With it (an int, or a 0-d integer tensor on the
+    tables' device) the tables have a fixed capacity M (sigmas [M], cdf [M-1]) and only their first
+    n and n - 1 entries are checked. Values are checked by ``check_values``: read on the host on the
+    CPU in eager mode, on the device otherwise (no synchronisation, nothing for a graph to guard).
+    """
     for name, t in (("sigmas", sigmas), ("cdf", cdf)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise TypeError(f"{name} must be a float tensor, got {type(t).__name__ if not isinstance(t, torch.Tensor) else t.dtype}")
@@ -355,17 +360,28 @@ def check_level_table(sigmas: torch.Tensor, cdf: torch.Tensor) -> None:
     if sigmas.numel() < 2 or cdf.numel() != sigmas.numel() - 1:
         raise ValueError(f"need n >= 2 sigmas and n - 1 cdf values, got {sigmas.numel()} sigmas and "
                          f"{cdf.numel()} cdf values")
-    if not (values_checkable(sigmas) and values_checkable(cdf)):
-        return
-    s, c = sigmas.double(), cdf.double()
-    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()) or bool((s[1:] <= s[:-1]).any()):
-        raise ValueError("sigmas must be finite, >= 0 and strictly ascending")
-    if (not bool(torch.isfinite(c).all()) or bool((c < 0).any()) or bool((c[1:] < c[:-1]).any())
-            or abs(c[-1].item() - 1.0) > 1e-6):
-        raise ValueError("cdf must be nondecreasing values in [0, 1] whose last entry is 1")
+    if cdf.device != sigmas.device:
+        raise ValueError(f"sigmas and cdf must be on one device, got {sigmas.device} and {cdf.device}")
+    s, c = sigmas.detach().double(), cdf.detach().double()
+    if num_levels is None:
+        n = s.numel()
+        level_ok = torch.isfinite(s) & (s >= 0)
+        ascending, cdf_ok, nondecreasing = s[1:] > s[:-1], torch.isfinite(c) & (c >= 0), c[1:] >= c[:-1]
+    else:
+        n = check_num_levels(num_levels, s.numel(), s.device)
+        beyond = torch.arange(s.numel(), device=s.device) >= n  # entries past the n levels
+        level_ok = torch.isfinite(s) & (s >= 0) | beyond
+        ascending = (s[1:] > s[:-1]) | beyond[1:]
+        cdf_ok = torch.isfinite(c) & (c >= 0) | beyond[1:]
+        nondecreasing = (c[1:] >= c[:-1]) | beyond[2:]
+    check_values(level_ok.all() & ascending.all(), "sigmas must be finite, >= 0 and strictly ascending")
+    check_values(cdf_ok.all() & nondecreasing.all() & ((c[n - 2] - 1.0).abs() <= 1e-6),
+                 "cdf must be nondecreasing values in [0, 1] whose last entry is 1")
+    return n
 
 
 def sampled_consistency_pair(x: torch.Tensor, sigmas: torch.Tensor, cdf: torch.Tensor, *,
+                             num_levels: Optional[Union[int, torch.Tensor]] = None,
                              generator: Optional[torch.Generator] = None) -> SampledPair:
     """Sample a level pair per sample from a discrete distribution over the intervals of ``sigmas``
     and form the consistency pair, in one op.
@@ -375,16 +391,26 @@ def sampled_consistency_pair(x: torch.Tensor, sigmas: torch.Tensor, cdf: torch.T
         sigmas: [n] ascending levels (float64 recommended: the table is read in float64).
         cdf: [n - 1] cumulative probabilities of the intervals (sigma_i, sigma_{i+1}), float64,
             last entry 1: ``probs.cumsum(0)`` normalised.
+        num_levels: None, or n as an int or a 0-d integer tensor on x's device: ``sigmas`` [M] and
+            ``cdf`` [M-1] are then tables of a fixed capacity M whose first n and n - 1 entries
+            are used (a sampler's ``cdf(sigmas, num_levels=n)`` has that form). With n a tensor a
+            compiled step neither recompiles nor synchronises when n changes.
         generator: where the seed is drawn.
 
-    Returns a :class:`SampledPair`. Validates the table on the host at every call (a sync on CUDA);
-    ``ConsistencyNoise`` validates once per table and calls the op directly.
+    Returns a :class:`SampledPair`. Checks the table at every call (``check_level_table``, on the
+    device for CUDA tensors and under torch.compile: no synchronisation); ``ConsistencyNoise``
+    checks its tables once and calls the op directly.
     """
     check_float_tensor(x, "x")
     if x.dim() == 0:
         raise ValueError("x must have a batch dimension, got a 0-d tensor")
-    check_level_table(sigmas, cdf)
-    if sigmas.device != x.device or cdf.device != x.device:
-        raise ValueError(f"sigmas and cdf must be on x's device {x.device}, got {sigmas.device} and {cdf.device}")
+    for name, t in (("sigmas", sigmas), ("cdf", cdf)):
+        if isinstance(t, torch.Tensor) and t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+    n = check_level_table(sigmas, cdf, num_levels)
+    cdf = cdf.to(torch.float64)
+    if num_levels is not None:
+        # Entries from n - 2 on read as 1: the kernels' clamp to the last interval, at n.
+        cdf = torch.where(torch.arange(cdf.numel(), device=cdf.device) >= n - 2, 1.0, cdf)
     seed = draw_seed(x.device, generator)
-    return SampledPair(*sampled_consistency_pair_op(x, seed, sigmas.to(torch.float64), cdf.to(torch.float64), 0))
+    return SampledPair(*sampled_consistency_pair_op(x, seed, sigmas.to(torch.float64), cdf, 0))
