@@ -375,7 +375,9 @@ def check_level_table(sigmas: torch.Tensor, cdf: torch.Tensor, num_levels=None):
         cdf_ok = torch.isfinite(c) & (c >= 0) | beyond[1:]
         nondecreasing = (c[1:] >= c[:-1]) | beyond[2:]
     check_values(level_ok.all() & ascending.all(), "sigmas must be finite, >= 0 and strictly ascending")
-    check_values(cdf_ok.all() & nondecreasing.all() & ((c[n - 2] - 1.0).abs() <= 1e-6),
+    # Entry n - 2 by a gather when n is a tensor (indexing with it would read it on the host).
+    last = c.gather(0, (n - 2).reshape(1)) if isinstance(n, torch.Tensor) else c[n - 2]
+    check_values(cdf_ok.all() & nondecreasing.all() & ((last - 1.0).abs() <= 1e-6).all(),
                  "cdf must be nondecreasing values in [0, 1] whose last entry is 1")
     return n
 
