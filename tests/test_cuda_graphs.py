@@ -9,8 +9,11 @@ Without a GPU: what makes a capture fail can still be seen. The ops run on fake 
 (FakeTensorMode) as if a graph were being captured (``torch.cuda.is_current_stream_capturing``
 patched to True, which turns off the host-side value checks exactly as during a real capture),
 with the op bodies and the Triton launchers running for real and only the kernel launches
-intercepted; every aten call is inspected: a host read of a device value (``.item()``,
-``bool(t)``, ...) or a host-to-device copy fails the test.
+intercepted (a Triton launch, or the call of a CUDA C++ kernel ``torch.ops.noisefast_C.<op>``,
+which returns what the op's fake kernel returns); every aten call is inspected: a host read of a
+device value (``.item()``, ``bool(t)``, ...) or a host-to-device copy fails the test. The list ops
+that call their backend directly (``Kernels.run_in_place``: foreach_gaussian_noise_,
+ema_update_multi_) take that eager branch here as they do during a real capture.
 """
 from __future__ import annotations
 
@@ -54,21 +57,47 @@ class GraphHazards(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def _noisefast_objects(kind):
+    """(module, name, object) for every object of type ``kind`` that a noisefast module holds."""
+    found = []
+    for info in pkgutil.walk_packages(noisefast.__path__, "noisefast."):
+        if info.name.startswith(("noisefast.triton", "noisefast.plot")):
+            continue
+        module = importlib.import_module(info.name)
+        found.extend((module, name, value) for name, value in vars(module).items() if isinstance(value, kind))
+    return found
+
+
 def _custom_op_bodies():
     """(module, name, body) for every torch.library custom op object that a noisefast module holds:
     patching the name with the body makes callers run the implementation itself on fake tensors
     (a custom op called under FakeTensorMode runs its fake kernel instead)."""
     from torch._library.custom_ops import CustomOpDef
 
-    found = []
-    for info in pkgutil.walk_packages(noisefast.__path__, "noisefast."):
-        if info.name.startswith(("noisefast.triton", "noisefast.plot")):
-            continue
-        module = importlib.import_module(info.name)
-        for name, value in vars(module).items():
-            if isinstance(value, CustomOpDef):
-                found.append((module, name, value._init_fn))
-    return found
+    return [(module, name, op._init_fn) for module, name, op in _noisefast_objects(CustomOpDef)]
+
+
+def _all_kernels():
+    """Every distinct :class:`noisefast._library.Kernels` object (one per custom op)."""
+    from noisefast._library import Kernels
+
+    unique = {id(k): k for _, _, k in _noisefast_objects(Kernels)}
+    return list(unique.values())
+
+
+def _gpu_backend(kernels):
+    """The backend a real GPU run of ``kernels`` takes when its Triton kernel is forced: Triton when
+    the op has one, else its CUDA C++ kernel."""
+    return "triton" if "triton" in kernels.gpu_preference else "cuda"
+
+
+def _cuda_kernel_recorder(kernels, launches):
+    """Stands for ``torch.ops.noisefast_C.<op>`` on CUDA: records the launch and returns what the
+    op's fake kernel returns for these (fake) arguments."""
+    def launch(*args):
+        launches.append(kernels.name)
+        return kernels.op._abstract_fn(*args)
+    return launch
 
 
 @contextlib.contextmanager
@@ -86,11 +115,22 @@ def as_if_captured():
     with contextlib.ExitStack() as stack:
         for module, name, body in _custom_op_bodies():
             stack.enter_context(mock.patch.object(module, name, body))
+        for kernels in _all_kernels():
+            # The backend of a real GPU run (Triton forced where the op has it), and the CUDA C++
+            # kernel replaced by a recorder; implementation() is looked up at every call.
+            stack.enter_context(mock.patch.object(kernels, "backend_for", lambda device, k=kernels: _gpu_backend(k)))
+            cuda_kernel = _cuda_kernel_recorder(kernels, launches)
+            real_implementation = kernels.implementation
+            stack.enter_context(mock.patch.object(
+                kernels, "implementation",
+                lambda backend, real=real_implementation, cuda=cuda_kernel: cuda if backend == "cuda" else real(backend)))
+        # Kernels.run_in_place calls the backend itself when no dispatch mode is active, as during a
+        # real capture: the fake-tensor and inspection modes below must not send it to the custom op.
+        stack.enter_context(mock.patch.object(noisefast._library, "_get_current_dispatch_mode", return_value=None))
         stack.enter_context(mock.patch.object(triton_interpreter.InterpretedFunction, "run", record_launch))
         stack.enter_context(mock.patch("torch.cuda.is_current_stream_capturing", return_value=True))
         stack.enter_context(mock.patch("torch.cuda.current_device", return_value=0))  # fake tensors: cuda:0
         stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-        stack.enter_context(noisefast.use_backend("triton"))
         hazards = stack.enter_context(GraphHazards())
         yield launches, hazards.found
 
@@ -102,6 +142,30 @@ def _cuda(*shape, dtype=torch.float32):
 def _consistency_noise():
     noise = noisefast.ConsistencyNoise(total_steps=1000)
     return lambda: noise.sample(_cuda(8, 3, 4, 4), step=500)
+
+
+def _ema_update():
+    made = {}
+
+    def update():  # the EMA and its model are made at the first (warm-up) call, inside the block
+        if not made:
+            net = torch.nn.Sequential(torch.nn.Linear(6, 5, device="cuda"), torch.nn.Linear(5, 2, device="cuda"))
+            made["ema"] = noisefast.EMA(net, decay=0.99, warmup="ramp")
+        made["ema"].update()
+    return update
+
+
+def _gradient_noise_step():
+    made = {}
+
+    def step():
+        if not made:
+            params = [torch.nn.Parameter(_cuda(6, 5)), torch.nn.Parameter(_cuda(5))]
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            made["noise"] = noisefast.GradientNoise(params, eta=0.01)
+        made["noise"].step()
+    return step
 
 
 # Each case builds its CUDA (fake) inputs inside the block. CPU 0-d tensors stand for scalars a
@@ -129,6 +193,15 @@ CPU_CASES = {
     "mix_rows_cpu_lam": lambda: noisefast.ops.mix_rows.mix_rows(_cuda(8, 5), torch.arange(8, device="cuda"),
                                                                 torch.tensor(0.3)),
     "mixup": lambda: noisefast.mixup(_cuda(8, 5), torch.zeros(8, dtype=torch.int64, device="cuda"), 0.2),
+    "foreach_gaussian_noise_": lambda: noisefast.foreach_gaussian_noise_([_cuda(30, 7), _cuda(5)], 0.1),
+    "foreach_gaussian_noise_cuda_std": lambda: noisefast.foreach_gaussian_noise_(
+        [_cuda(30, 7), _cuda(5, dtype=torch.bfloat16)], _cuda()),
+    "foreach_gaussian_noise": lambda: noisefast.foreach_gaussian_noise([_cuda(30, 7), _cuda(5)], 0.1),
+    "ema_update_": lambda: noisefast.ema_update_([_cuda(30, 7), _cuda(5)], [_cuda(30, 7), _cuda(5)], _cuda()),
+    "ema_update_multi_": lambda: noisefast.ema_update_multi_(
+        [[_cuda(30, 7)], [_cuda(30, 7)]], [_cuda(30, 7)], _cuda(2)),
+    "EMA.update": _ema_update(),
+    "GradientNoise.step": _gradient_noise_step(),
 }
 
 
