@@ -40,7 +40,8 @@ ROOT = os.path.dirname(HERE)
 PARTS = {
     "noise": ["bench_randn.py", "bench_gaussian_noise.py", "bench_perturbation.py", "bench_foreach_gaussian_noise.py",
               "bench_mix_rows.py"],
-    "training": ["bench_ema_update.py", "bench_pseudo_huber.py", "bench_consistency_output.py", "bench_pipeline.py"],
+    "training": ["bench_ema_update.py", "bench_pseudo_huber.py", "bench_consistency_output.py", "bench_pipeline.py",
+                 "bench_compiled_step.py"],
 }
 
 
@@ -97,12 +98,19 @@ def load_rows(results_json: str):
         info = b["extra_info"]
         if "op" not in info:
             continue
-        variant = {k: v for k, v in info.items()
-                   if k not in ("op", "provider", "numel", "dtype", "bytes", "device", "compile_s")}
+        variant = {k: v for k, v in info.items() if k not in NOT_VARIANT}
+        # A call that runs `steps` training steps (a curriculum) is reported per step.
+        steps = info.get("steps", 1)
         rows.append(dict(op=info["op"], provider=info["provider"], numel=info["numel"], dtype=info["dtype"],
                          bytes=info["bytes"], variant=", ".join(f"{k}={v}" for k, v in sorted(variant.items())),
-                         median_s=b["stats"]["median"], compile_s=info.get("compile_s")))
+                         median_s=b["stats"]["median"] / steps, compile_s=info.get("compile_s"),
+                         steps=steps, graphs=info.get("graphs_first_pass"), recompiles=info.get("recompiles")))
     return rows
+
+
+# extra_info keys that describe a measurement, not the case measured.
+NOT_VARIANT = ("op", "provider", "numel", "dtype", "bytes", "device", "compile_s", "steps", "graphs_first_pass",
+               "recompiles")
 
 
 def fmt_time(seconds: float) -> str:
@@ -147,6 +155,14 @@ def render_report(rows, *, device: str, copy_bw: float, commit: str, date: str) 
                          f"{ratio(eager)} | {ratio(comp)} | {gbs:.1f} | {100 * gbs * 1e9 / copy_bw:.0f}% |"
                          if nf else
                          f"| {variant or '-'} | {dtype} | {numel:,} | {cell(eager)} | {cell(comp)} | - | - | - | - | - |")
+        per_step = sorted({r["steps"] for r in rows if r["op"] == op and r.get("steps", 1) > 1})
+        if per_step:
+            lines += ["", f"Times per training step; each timed call runs a curriculum of {per_step[0]} steps."]
+        counted = [r for r in rows if r["op"] == op and r.get("recompiles") is not None]
+        if counted:
+            lines += ["", "Graphs compiled in the first pass over the curriculum, and in every pass after it: "
+                      + "; ".join(f"{r['provider']} {r['graphs']}, then {r['recompiles']}"
+                                  for r in sorted(counted, key=lambda r: r["provider"])) + "."]
         compile_times = sorted({r["compile_s"] for r in rows if r["op"] == op and r.get("compile_s")})
         if compile_times:
             lines += ["", f"torch.compile's first call (compile time, not counted above): "

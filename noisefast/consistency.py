@@ -199,7 +199,7 @@ class ConsistencyNoise:
         if tables.cdf is not None:
             return ConsistencyBatch(*sampled_consistency_pair_op(x, draw_seed(x.device, generator), sigmas,
                                                                  _row(tables.cdf, stage), 0))
-        index = self._sample_indices(x.shape[0], sigmas, _row(tables.num_levels, stage), stage, generator)
+        index = self._sample_indices(x.shape[0], sigmas, tables, stage, generator)
         lo, hi = sigmas[index], sigmas[index + 1]
         sigma, sigma_next = lo.to(torch.float32), hi.to(torch.float32)
         # The levels come from the checked tables: the op need not read them back.
@@ -207,15 +207,17 @@ class ConsistencyNoise:
         x_cur, x_next = consistency_pair_op(x, draw_seed(x.device, generator), sig, sig_next, inner, 0, True)
         return ConsistencyBatch(x_cur, x_next, sigma, sigma_next, (1.0 / (hi - lo)).to(torch.float32), index)
 
-    def _sample_indices(self, batch_size: int, sigmas: torch.Tensor, num_levels: torch.Tensor,
+    def _sample_indices(self, batch_size: int, sigmas: torch.Tensor, tables: LevelTables,
                         stage: Union[int, torch.Tensor], generator) -> torch.Tensor:
-        if isinstance(self.levels, LevelDistribution):
-            return self.levels.sample(batch_size, sigmas, generator=generator, num_levels=num_levels)
-        if isinstance(stage, torch.Tensor):
+        """Interval indices from the level distribution: on the row cut to N for an int stage (eager
+        mode: the sampler's own host arithmetic), else on the whole row with N as data."""
+        if isinstance(stage, int):
+            return self.levels.sample(batch_size, sigmas[:self._counts[stage]], generator=generator)
+        if not isinstance(self.levels, LevelDistribution):
             raise TypeError(f"levels {type(self.levels).__name__} is not a schedules.LevelDistribution, so it "
                             "takes N only as the length of its sigmas: give sample() a Python int step, "
                             "outside torch.compile")
-        return self.levels.sample(batch_size, sigmas[:self._counts[stage]], generator=generator)
+        return self.levels.sample(batch_size, sigmas, generator=generator, num_levels=_row(tables.num_levels, stage))
 
     def __repr__(self) -> str:
         return (f"ConsistencyNoise(levels={self.levels!r}, curriculum={self.curriculum!r}, "
