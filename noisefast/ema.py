@@ -570,21 +570,43 @@ class EMA:
             "copied": dict(zip(self._copy_names, self._copies)),
         }
 
-    def _upgraded(self, state: Mapping) -> Mapping:
-        """A version-1 state as version 2: a frozen parameter kept under "copied" is the value of
-        its shadow in every profile. Other states are returned as they are."""
-        if state.get("version") != 1:
+    def upgraded(self, state):
+        """A version-1 state as version 2 (:meth:`upgraded_tensors`); other states as they are."""
+        if not isinstance(state, Mapping) or state.get("version") != 1:
             return state
-        averaged, copied = state.get("averaged"), state.get("copied")
-        if not (isinstance(averaged, Sequence) and isinstance(copied, Mapping)
-                and all(isinstance(a, Mapping) for a in averaged)):
-            return state  # _check_state names what is wrong
-        moved = {n: copied[n] for n in self._avg_names if n in copied and all(n not in a for a in averaged)}
-        return {**state, "version": STATE_VERSION,
-                "averaged": [{**a, **moved} for a in averaged],
-                "copied": {n: v for n, v in copied.items() if n not in moved}}
+        averaged, copied = self.upgraded_tensors(state.get("averaged"), state.get("copied"))
+        return {**state, "version": STATE_VERSION, "averaged": averaged, "copied": copied}
 
-    def _check_state(self, state) -> None:
+    def upgraded_tensors(self, averaged, copied):
+        """(averaged, copied) of a state or snapshot saved before version 2, where a frozen
+        parameter was kept once under "copied": its value becomes its shadow in every profile.
+        Anything malformed is returned as it is, for the checks to name."""
+        if not (isinstance(averaged, Sequence) and not isinstance(averaged, (str, bytes))
+                and isinstance(copied, Mapping) and all(isinstance(a, Mapping) for a in averaged)):
+            return averaged, copied
+        moved = {n: copied[n] for n in self._avg_names if n in copied and all(n not in a for a in averaged)}
+        return [{**a, **moved} for a in averaged], {n: v for n, v in copied.items() if n not in moved}
+
+    def check_tensors(self, averaged, copied, where: str) -> None:
+        """TypeError/ValueError unless ``averaged`` (one dict per profile) and ``copied`` hold
+        exactly this EMA's tensors, shapes and kinds (see :func:`check_state_tensors`)."""
+        if isinstance(averaged, (str, bytes, Mapping)) or not isinstance(averaged, Sequence) \
+                or len(averaged) != self.num_profiles:
+            raise ValueError(f"{where}['averaged'] must be a list of {self.num_profiles} dicts")
+        for p, shadows in enumerate(averaged):
+            check_state_tensors(shadows, f"{where}['averaged'][{p}]", self._avg_names, self._shadows[p], True)
+        check_state_tensors(copied, f"{where}['copied']", self._copy_names, self._copies, False)
+
+    def same_sigma_rels(self, theirs) -> bool:
+        """Whether ``theirs`` (from a state or snapshot) are this EMA's sigma_rels (None for none)."""
+        return (theirs is None and self.sigma_rels is None) or (
+            isinstance(theirs, Sequence) and not isinstance(theirs, (str, bytes)) and self.sigma_rels is not None
+            and len(theirs) == len(self.sigma_rels)
+            and all(isinstance(a, numbers.Real) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=1e-9)
+                    for a, b in zip(theirs, self.sigma_rels)))
+
+    def check_state(self, state) -> None:
+        """TypeError/ValueError unless ``state`` is a valid :meth:`state_dict` for this EMA (nothing changes)."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state).__name__}")
         for key in ("version", "step", "num_updates", "sigma_rels", "averaged", "copied"):
@@ -594,28 +616,17 @@ class EMA:
             raise ValueError(f"state_dict has version {state['version']!r}, expected {STATE_VERSION} (or 1)")
         check_int(state["step"], "state_dict['step']", 0)
         check_int(state["num_updates"], "state_dict['num_updates']", 0)
-        theirs = state["sigma_rels"]
-        same_profiles = (theirs is None and self.sigma_rels is None) or (
-            isinstance(theirs, Sequence) and self.sigma_rels is not None and len(theirs) == len(self.sigma_rels)
-            and all(isinstance(a, numbers.Real) and math.isclose(a, b, rel_tol=1e-9)
-                    for a, b in zip(theirs, self.sigma_rels)))
-        if not same_profiles:
-            raise ValueError(f"state_dict has sigma_rels {theirs}, this EMA has {self.sigma_rels}")
-        averaged = state["averaged"]
-        if isinstance(averaged, (str, bytes, Mapping)) or not isinstance(averaged, Sequence) \
-                or len(averaged) != self.num_profiles:
-            raise ValueError(f"state_dict['averaged'] must be a list of {self.num_profiles} dicts")
-        for p, shadows in enumerate(averaged):
-            check_state_tensors(shadows, f"state_dict['averaged'][{p}]", self._avg_names, self._shadows[p], True)
-        check_state_tensors(state["copied"], "state_dict['copied']", self._copy_names, self._copies, False)
+        if not self.same_sigma_rels(state["sigma_rels"]):
+            raise ValueError(f"state_dict has sigma_rels {state['sigma_rels']}, this EMA has {self.sigma_rels}")
+        self.check_tensors(state["averaged"], state["copied"], "state_dict")
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping) -> None:
         """Load a :meth:`state_dict`. Everything is checked first (keys, version, profiles,
         counters, and each tensor's type, shape, dtype, layout and device: a real device, not
         meta); on any error nothing is changed (ValueError/TypeError)."""
-        state = self._upgraded(state) if isinstance(state, Mapping) else state
-        self._check_state(state)
+        state = self.upgraded(state)
+        self.check_state(state)
         for p, shadows in enumerate(state["averaged"]):
             for name, mine in zip(self._avg_names, self._shadows[p]):
                 mine.copy_(shadows[name])
