@@ -441,3 +441,70 @@ def test_randn(size, seed, stream, offset, dtype):
     check_call(lambda: (), call, ["seed", "stream", "offset"], noisy=True)
     valid = 0 <= seed < 2 ** 64 and 0 <= stream < 2 ** 64
     assert (run("cpu", call).error is None) == valid
+
+
+@st.composite
+def level_tables(draw):
+    """(sigmas, cdf) plans: a valid table (ascending sigmas, a nondecreasing cdf ending at 1) or a
+    broken one (unsorted, negative or NaN sigma, a cdf that does not end at 1, wrong lengths)."""
+    n = draw(st.integers(1, 6))
+    sigmas = sorted(draw(st.lists(st.floats(0.001, 80.0), min_size=n, max_size=n, unique=True)))
+    weights = draw(st.lists(st.floats(0.0, 1.0), min_size=max(n - 1, 0), max_size=max(n - 1, 0)))
+    total = sum(weights)
+    cdf = [sum(weights[:k + 1]) / total for k in range(len(weights))] if total > 0 else [1.0] * len(weights)
+    if cdf:
+        cdf[-1] = 1.0
+    broken = draw(st.sampled_from(["none"] * 6 + ["unsorted", "nan", "cdf-end", "cdf-length"]))
+    if broken == "unsorted" and n > 1:
+        sigmas = sigmas[::-1]
+    elif broken == "nan":
+        sigmas[0] = float("nan")
+    elif broken == "cdf-end" and cdf:
+        cdf[-1] = 0.5
+    elif broken == "cdf-length":
+        cdf = cdf + [1.0]
+    return sigmas, cdf
+
+
+@given(data=st.data())
+def test_sampled_consistency_pair(data):
+    x = data.draw(tensor_plans(dims=(1, 3), device=False))
+    sigmas, cdf = data.draw(level_tables())
+    dtype = data.draw(st.sampled_from([torch.float64] * 4 + [torch.float32]))
+    seed = data.draw(st.integers(0, 2 ** 31))
+
+    def args():
+        return build(x), torch.tensor(sigmas, dtype=dtype), torch.tensor(cdf, dtype=dtype)
+
+    call = lambda t, s, c: tuple(noisefast.sampled_consistency_pair(t, s, c, generator=generator(seed)))  # noqa: E731
+    check_call(args, call, ["x", "sigmas", "cdf"], noisy=True)
+
+
+@given(data=st.data())
+def test_mixup(data):
+    x = data.draw(tensor_plans(dims=(1, 3)))
+    batch = x["shape"][0] if x["shape"] else 0
+    y_shape = (batch,) if not data.draw(rarely(10)) else (batch + 1,)
+    alpha = data.draw(st.one_of(st.floats(0.0, 4.0), st.sampled_from([-1.0, float("nan"), 0.2])))
+    seed = data.draw(st.integers(0, 2 ** 31))
+
+    def args(on_meta=x["meta"]):
+        y = torch.arange(y_shape[0]) % 3
+        return build(x, meta=on_meta), y.to("meta") if on_meta else y
+
+    call = lambda a, y: tuple(noisefast.mixup(a, y, alpha, generator=generator(seed)))  # noqa: E731
+    check(args, call, ["x", "y", "alpha"], x["meta"])
+
+
+@given(target_shape=st.lists(st.integers(0, 4), max_size=2), num_classes=st.integers(-1, 5),
+       eps=st.one_of(st.floats(0.0, 1.0), st.sampled_from([-0.1, 1.5, float("nan")])), soft=st.booleans(),
+       dtype=st.sampled_from([None, torch.float32, torch.float64, torch.bfloat16, torch.int64]))
+def test_smooth_labels(target_shape, num_classes, eps, soft, dtype):
+    def args():
+        gen = torch.Generator().manual_seed(len(target_shape))
+        if soft:
+            return (torch.rand(tuple(target_shape) + (max(num_classes, 0),), generator=gen),)
+        return (torch.randint(0, max(num_classes, 1), tuple(target_shape), generator=gen),)
+
+    call = lambda t: noisefast.smooth_labels(t, num_classes, eps, dtype=dtype)  # noqa: E731
+    check_call(args, call, ["target", "num_classes", "eps", "dtype"])
