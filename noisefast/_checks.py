@@ -64,12 +64,6 @@ def check_nonnegative_number(value, name: str) -> float:
     return value
 
 
-def values_checkable(t: torch.Tensor) -> bool:
-    """Whether the values of ``t`` may be read on the host now: not for a meta tensor (it has none),
-    not while a CUDA graph is captured."""
-    return t.device.type != "meta" and not (t.is_cuda and torch.cuda.is_current_stream_capturing())
-
-
 def read_on_host(t: torch.Tensor) -> bool:
     """Whether a value check reads ``t`` on the host: eager mode on the CPU, where reading is free.
     Elsewhere (a GPU, or torch.compile tracing) checks run on the device (:func:`check_values`)."""

@@ -55,8 +55,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import check_int, check_real
-from ._compile import eager_under_compile
+from ._checks import check_int, check_int_tensor, check_real, check_values
+from ._compile import StepCounter, mark_static
 from .ops.ema_update import check_decay_number, run_ema_update
 
 Warmup = Union[None, str, Callable[[int], float]]
@@ -345,8 +345,6 @@ class EMA:
         if not params and not buffers:
             raise ValueError("model_or_params has no tensors to track")
         self._from_module = module is not None
-        self.step = 0
-        self.num_updates = 0
         tracked = params + (buffers if include_buffers else [])
         averaged = [i for i, (_, t) in enumerate(params) if t.is_floating_point()]
         copied = [i for i in range(len(tracked)) if i >= len(params) or not params[i][1].is_floating_point()]
@@ -371,6 +369,13 @@ class EMA:
                 source = local_tensor(tracked[i][1]).detach()
                 self._copies.append(source.to(device=self.device or source.device, copy=True))
         self._stored: Optional[List[torch.Tensor]] = None
+        # The step and update counts live on the device of the first shadow, where a compiled (or
+        # CUDA-graph) update computes the decays; the shadows are static inputs for CUDA graphs.
+        first = (self._shadows[0] or self._copies)[0]
+        self._step_counter = StepCounter(0, first.device)
+        self._update_counter = StepCounter(0, first.device)
+        for t in [s for shadows in self._shadows for s in shadows] + self._copies:
+            mark_static(t)
         self._plan_key = None  # (the tensors followed, which averaged ones are frozen) the plan was made for
         self._plan = None
 
@@ -396,6 +401,25 @@ class EMA:
     def names(self) -> List[str]:
         """Names of the tracked tensors: averaged ones first, then copied ones."""
         return list(self._names)
+
+    @property
+    def step(self) -> int:
+        """The step of the last update (0 before any). Read after compiled or captured updates, it
+        reads the device counter once (a synchronisation)."""
+        return self._step_counter.value
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step_counter.set(check_int(value, "step", 0))
+
+    @property
+    def num_updates(self) -> int:
+        """The number of updates so far (read like :attr:`step`)."""
+        return self._update_counter.value
+
+    @num_updates.setter
+    def num_updates(self, value: int) -> None:
+        self._update_counter.set(check_int(value, "num_updates", 0))
 
     def power_time(self, step: Optional[int] = None) -> int:
         """t of the power-function profiles at ``step`` (default: the last update's step):
@@ -444,30 +468,73 @@ class EMA:
         self._plan_key = (sources, frozen)
         return self._plan
 
-    @eager_under_compile
+    def decays_on_device(self, step: torch.Tensor) -> torch.Tensor:
+        """:meth:`decays_at` for ``step`` a 0-d integer tensor, computed on its device without
+        reading it: float64 [P], the same formulas (:func:`ema_decay`, :func:`power_function_decay`)
+        in tensor arithmetic. A callable ``warmup`` receives u as a 0-d float64 tensor there and
+        must compute with tensor operations; its value is checked on the device."""
+        if self.gammas is not None:
+            t = (step - self.update_after_step).to(torch.float64)
+            base = 1.0 - 1.0 / t.clamp(min=1.0)
+            return torch.stack([torch.where(t >= 1, base ** (gamma + 1.0), 0.0) for gamma in self.gammas])
+        u = (step - self.update_after_step - 1).clamp(min=0).to(torch.float64)
+        if self.warmup is None:
+            value = torch.full_like(u, self.decay)
+        elif self.warmup == "ramp":
+            value = (1 + u) / (10 + u)
+        elif self.warmup == "inverse_gamma":
+            value = 1 - (1 + u / self.inv_gamma) ** -self.power
+        else:
+            value = torch.as_tensor(self.warmup(u), dtype=torch.float64, device=u.device)
+            check_values((value >= 0) & (value <= 1), "warmup(u) must be in [0, 1]")
+        value = value.clamp(max=self.decay).clamp(min=self.min_decay)
+        return torch.where(u > 0, value, 0.0).reshape(1)
+
     @torch.no_grad()
-    def update(self, step: Optional[int] = None) -> None:
+    def update(self, step: Union[None, int, torch.Tensor] = None) -> None:
         """Average the current weights into every profile (one fused call per device) and copy
         the copied tensors (and the parameters that do not require grad now). ``step``: the
         optimisation step just taken (default: the previous update's step + 1), which sets the
-        decays.
+        decays: an int, or a 0-d integer tensor.
 
-        Inside a torch.compile'd training step this runs eagerly (a graph break), because the step
-        count and the decays change at every call and would otherwise recompile the graph each
-        step; the update itself is one fused kernel call either way."""
+        Traceable by ``torch.compile(fullgraph=True)`` and CUDA graphs: there (and for a tensor
+        ``step``) the step and update counts are device tensors and the decays are computed from
+        them on the device (:meth:`decays_on_device`), so a compiled update neither recompiles nor
+        synchronises as they change. Eagerly the decays are host arithmetic, as before. The
+        update itself is one fused kernel call per device either way."""
+        if isinstance(step, torch.Tensor) or self._step_counter.on_device():
+            self._update_on_device(step)
+            return
         step = self.step + 1 if step is None else check_int(step, "step", 0)
-        decays = self.decays_at(step)
+        self._average(self.decays_at(step), None)
+        self.step = step
+        self.num_updates += 1
+
+    def _update_on_device(self, step: Union[None, int, torch.Tensor]) -> None:
+        if step is None:
+            self._step_counter.advance()
+        else:
+            if isinstance(step, torch.Tensor):
+                check_int_tensor(step, "step")
+                check_values(step >= 0, "step must be >= 0")
+            else:
+                step = check_int(step, "step", 0)
+            self._step_counter.set(step)
+        self._average([], self.decays_on_device(self._step_counter.tensor))
+        self._update_counter.advance()
+
+    def _average(self, decays: List[float], decay_tensor: Optional[torch.Tensor]) -> None:
+        """One update with ``decays`` (floats) or ``decay_tensor`` (float64 [P] on a device)."""
         averaged, frozen, copied = self._current_plan()
         for shadows, sources in averaged:
             if sources[0].device != shadows[0].device:  # device= keeps the shadows elsewhere
                 sources = [s.to(shadows[0].device) for s in sources]
-            run_ema_update(shadows, sources, decays, None)
+            group_decays = None if decay_tensor is None else decay_tensor.to(shadows[0].device)
+            run_ema_update(shadows, sources, decays, group_decays)
         targets = [shadow for shadows, _ in frozen for shadow in shadows] + [c for c, _ in copied]
         if targets:
             values = [source for shadows, source in frozen for _ in shadows] + [s for _, s in copied]
             torch._foreach_copy_(targets, values)
-        self.step = step
-        self.num_updates += 1
 
     # ------------------------------------------------------------------------------ applying
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 
-from ._compile import eager_under_compile
+from ._compile import StepCounter
 from ._checks import check_int, check_real
 from .magnitude import check_step
 from .ops.foreach_gaussian_noise import foreach_gaussian_noise_
@@ -98,29 +98,49 @@ class GradientNoise:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
-        self.t = 0
+        # t on the parameters' device: a compiled (or CUDA-graph) step computes sigma_t from it there.
+        self._counter = StepCounter(0, self.params[0].device if self.params else None)
+
+    @property
+    def t(self) -> int:
+        """The number of noise steps taken (reads the device counter once after compiled steps)."""
+        return self._counter.value
+
+    @t.setter
+    def t(self, value: int) -> None:
+        self._counter.set(check_int(value, "t", 0))
 
     def std(self, step: Optional[int] = None) -> float:
         """sigma_t = sqrt(eta / (1 + t)^gamma) at ``step`` (default: the step the next :meth:`step` uses)."""
         t = self.t if step is None else check_step(step)
         return math.sqrt(self.eta / (1.0 + t) ** self.gamma)
 
-    @eager_under_compile
     @torch.no_grad()
-    def step(self) -> float:
-        """Add N(0, sigma_t^2) to every ``p.grad`` that is not None, then t += 1. Returns sigma_t.
+    def step(self) -> Union[float, torch.Tensor]:
+        """Add N(0, sigma_t^2) to every ``p.grad`` that is not None, then t += 1. Returns sigma_t: a
+        float, or inside a torch.compile'd step (or a CUDA-graph capture) a 0-d float64 tensor.
 
-        Eager inside a torch.compile'd step (a graph break): t and sigma_t change at every call and
-        would otherwise recompile the graph each step."""
-        sigma = self.std()
+        Traceable: there t lives in a device tensor and sigma_t is computed from it on the device
+        (the same formula in float64), so a compiled step neither recompiles nor synchronises as t
+        changes; eagerly sigma_t is host arithmetic, as before."""
         by_device: "OrderedDict[torch.device, List[torch.Tensor]]" = OrderedDict()
         for p in self.params:
             if p.grad is not None:
                 by_device.setdefault(p.grad.device, []).append(p.grad)
-        if sigma > 0:
-            for grads in by_device.values():
-                foreach_gaussian_noise_(grads, sigma, generator=self.generator)
-        self.t += 1
+        if self._counter.on_device():
+            t = self._counter.tensor.to(torch.float64)
+            sigma = torch.sqrt(self.eta / (1.0 + t) ** self.gamma)
+            if self.eta > 0:
+                for device, grads in by_device.items():
+                    foreach_gaussian_noise_(grads, sigma.to(device), generator=self.generator)
+        else:
+            if by_device and next(iter(by_device)) != self._counter.device:
+                self._counter.to(next(iter(by_device)))  # the model moved after this was built
+            sigma = self.std()
+            if sigma > 0:
+                for grads in by_device.values():
+                    foreach_gaussian_noise_(grads, sigma, generator=self.generator)
+        self._counter.advance()
         return sigma
 
     def state_dict(self) -> Dict[str, Any]:

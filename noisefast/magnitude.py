@@ -10,13 +10,17 @@ A regulariser multiplies its base ``std`` by ``schedule(step)`` (see
 or from 0 to 1, but any non-negative values work.
 
 Any callable ``int -> float`` is accepted where a schedule is; these classes add argument checks,
-a readable ``repr`` and ``values(steps)`` for plotting.
+a readable ``repr``, ``values(steps)`` for plotting, and :meth:`MagnitudeSchedule.at`: the value at a
+step held in a 0-d integer tensor, computed on its device (what a torch.compile'd or CUDA-graph
+training step evaluates, so that the step is data, never a recompile or a host read).
 """
 from __future__ import annotations
 
 import math
 import numbers
 from typing import Callable, Iterable, List, Union
+
+import torch
 
 from ._checks import check_int, check_real
 
@@ -39,17 +43,47 @@ def check_schedule(schedule, name: str = "schedule"):
 
 
 class MagnitudeSchedule:
-    """Base class: ``schedule(step) -> float`` for ``step`` an int >= 0."""
+    """Base class: ``schedule(step) -> float`` for ``step`` an int >= 0; ``schedule.at(step)`` for
+    ``step`` a 0-d integer tensor: the same value, a 0-d float64 tensor on step's device.
+
+    Subclasses write ``_value(step)`` once, in operations that serve both a Python int and a
+    tensor (``_minimum``, ``_cos``, ``_where`` below)."""
 
     def __call__(self, step: int) -> float:
-        return self._value(check_step(step))
+        return float(self._value(check_step(step)))
 
-    def _value(self, step: int) -> float:
+    def at(self, step: torch.Tensor) -> torch.Tensor:
+        """The value at ``step`` (a 0-d integer tensor >= 0, not read on the host), float64."""
+        return _float64(self._value(step.to(torch.float64)), step.device)
+
+    def _value(self, step):
         raise NotImplementedError
 
     def values(self, steps: Iterable[int]) -> List[float]:
         """The schedule at each of ``steps`` (for plots and tables)."""
         return [self(s) for s in steps]
+
+
+def _minimum(a, b):
+    return a.clamp(max=b) if isinstance(a, torch.Tensor) else min(a, b)
+
+
+def _cos(x):
+    return torch.cos(x) if isinstance(x, torch.Tensor) else math.cos(x)
+
+
+def _where(condition, a, b):
+    """``a if condition else b``; for a tensor condition elementwise (a, b numbers or tensors), float64."""
+    if isinstance(condition, torch.Tensor):
+        return torch.where(condition, _float64(a, condition.device), _float64(b, condition.device))
+    return a if condition else b
+
+
+def _float64(value, device) -> torch.Tensor:
+    """A number or tensor as a float64 tensor on ``device`` (a number by a fill: no host-to-device copy)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64)
+    return torch.full((), float(value), dtype=torch.float64, device=device)
 
 
 class constant(MagnitudeSchedule):
@@ -73,8 +107,8 @@ class _Ramp(MagnitudeSchedule):
         self.end = check_real(end, "end", nonnegative=True)
         self.total_steps = check_int(total_steps, "total_steps", 1)
 
-    def _value(self, step: int) -> float:
-        progress = min(step, self.total_steps) / self.total_steps
+    def _value(self, step):
+        progress = _minimum(step, self.total_steps) / self.total_steps
         return self.end + (self.start - self.end) * self._remaining(progress)
 
     def _remaining(self, progress: float) -> float:
@@ -119,7 +153,7 @@ class cosine(_Ramp):
     """
 
     def _remaining(self, progress: float) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 0.5 * (1.0 + _cos(math.pi * progress))
 
     def __repr__(self) -> str:
         return f"cosine({self._args()})"
@@ -151,13 +185,21 @@ class interval(MagnitudeSchedule):
 
     def active(self, step: int) -> bool:
         """Whether noise is on at ``step``."""
-        step = check_step(step)
-        return step >= self.start and (step - self.start) % self.every < self.duration
+        return self._active(check_step(step))
 
-    def _value(self, step: int) -> float:
-        if not self.active(step):
-            return self.off
-        return float(self.value(step)) if callable(self.value) else self.value
+    def _active(self, step):
+        return (step >= self.start) & ((step - self.start) % self.every < self.duration)
+
+    def _value(self, step):
+        on = self.value
+        if callable(on):
+            # A tensor step (float64, from at()) goes to a schedule's tensor form; a Python
+            # callable receives it as is and must compute with tensors.
+            if isinstance(step, torch.Tensor):
+                on = on._value(step) if isinstance(on, MagnitudeSchedule) else on(step)
+            else:
+                on = float(on(step))
+        return _where(self._active(step), on, self.off)
 
     def __repr__(self) -> str:
         return (f"interval({self.value!r}, every={self.every}, duration={self.duration}, "

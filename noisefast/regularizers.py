@@ -6,9 +6,9 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
-from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
-from ._compile import eager_under_compile
-from .magnitude import check_schedule, check_step
+from ._checks import check_float_tensor, check_int_tensor, check_nonnegative_number, check_nonnegative_values, check_values
+from ._compile import StepCounter
+from .magnitude import MagnitudeSchedule, check_schedule, check_step
 from .ops.gaussian_noise import gaussian_noise, gaussian_noise_op, noise_scale
 from .random import check_generator_state, draw_seed
 
@@ -49,9 +49,11 @@ class ScheduledNoise(nn.Module):
         self._schedule = check_schedule(schedule)
         # The factor lives in a tensor that the kernels read, so that a changing magnitude neither
         # recompiles a torch.compile'd model (Python numbers are specialised) nor breaks CUDA-graph
-        # replay; it is recomputed on the host, and checked, whenever num_steps changes.
+        # replay. Eager, it is recomputed on the host, and checked, whenever num_steps changes;
+        # traced or captured, on the device from the step counter (schedule.at, _factor_at).
         self.register_buffer("_factor", None if schedule is None else torch.ones((), dtype=torch.float64),
                              persistent=False)
+        self._counter = StepCounter(0)
         self.num_steps = 0
 
     @property
@@ -62,16 +64,40 @@ class ScheduledNoise(nn.Module):
 
     @property
     def num_steps(self) -> int:
-        """Steps taken so far; the schedule is evaluated at this step."""
-        return self._num_steps
+        """Steps taken so far; the schedule is evaluated at this step. Assigning it takes an int, or
+        a 0-d integer tensor (kept on the device). Reading it after steps taken inside a compiled
+        or captured region reads the device counter once (a synchronisation); such a region itself
+        must not read it (a Python int in a graph is a recompile per value)."""
+        return self._counter.value
 
     @num_steps.setter
-    def num_steps(self, step: int) -> None:
+    def num_steps(self, step: Union[int, torch.Tensor]) -> None:
+        if isinstance(step, torch.Tensor) or self._counter.on_device():
+            if isinstance(step, torch.Tensor):
+                check_int_tensor(step, "step")
+                check_values(step >= 0, "step must be >= 0")
+            else:
+                step = check_step(step)
+            self._counter.set(step)
+            self._refresh_factor()
+            return
         step = check_step(step)
         if self.schedule is not None:
             value = check_nonnegative_number(self.schedule(step), "schedule(step)")
             self._factor.fill_(value)
-        self._num_steps = step
+        self._counter.set(step)
+
+    def _refresh_factor(self) -> None:
+        """The factor from the device counter, on the device (checked there: >= 0 and finite)."""
+        if self._factor is None:
+            return
+        step = self._counter.tensor.to(self._factor.device)
+        if isinstance(self.schedule, MagnitudeSchedule):
+            value = self.schedule.at(step)
+        else:  # any callable: given the step tensor, it must compute with tensors
+            value = torch.as_tensor(self.schedule(step), dtype=torch.float64, device=step.device)
+        check_values(torch.isfinite(value) & (value >= 0), "schedule(step) must be finite and >= 0")
+        self._factor.copy_(value)
 
     def factor(self) -> float:
         """``schedule(num_steps)`` (1.0 without a schedule)."""
@@ -95,18 +121,27 @@ class ScheduledNoise(nn.Module):
             scale = factor.reshape(1) if scale is None else scale * factor
         return std_value, scale, inner
 
-    @eager_under_compile
     def step(self, steps: int = 1) -> None:
-        """Advance the schedule by ``steps`` (>= 0). Eager inside a torch.compile'd step (the step
-        count is host state; the forward reads only the factor tensor, so it never recompiles)."""
-        self.num_steps = self.num_steps + check_step(steps)
+        """Advance the schedule by ``steps`` (>= 0). Traceable: inside a torch.compile'd step (or a
+        CUDA-graph capture) the counter and the factor are updated on the device, so the step
+        neither recompiles nor synchronises."""
+        steps = check_step(steps)
+        if self._counter.on_device():
+            self._counter.advance(steps)
+            self._refresh_factor()
+        else:
+            self.num_steps = self.num_steps + steps
 
     def _apply(self, fn, recurse=True):
         # .half()/.bfloat16() cast buffers: the factor would be rounded (or underflow to 0), so it is
-        # rebuilt in float64 on its new device from the schedule itself.
+        # rebuilt in float64 on its new device from the schedule itself. The step counter follows
+        # the factor (or std) to its device.
         module = super()._apply(fn, recurse)
         if self._factor is not None and self._factor.dtype != torch.float64:
             self._factor = torch.full((), self.factor(), dtype=torch.float64, device=self._factor.device)
+        anchor = self._factor if self._factor is not None else self.std
+        if isinstance(anchor, torch.Tensor) and anchor.device != self._counter.device:
+            self._counter.to(anchor.device)
         return module
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -169,14 +204,16 @@ class ScheduledNoise(nn.Module):
         return text
 
 
-@eager_under_compile
-def set_noise_step(module: nn.Module, step: int) -> int:
+def set_noise_step(module: nn.Module, step: Union[int, torch.Tensor]) -> int:
     """Set ``num_steps = step`` on every :class:`ScheduledNoise` in ``module`` (itself included).
 
     Returns how many modules were set. Use it once per training step to keep every noise schedule of
-    a model on the optimiser's step count.
+    a model on the optimiser's step count. ``step``: an int >= 0, or a 0-d integer tensor.
+    Traceable: inside a torch.compile'd step (or a CUDA-graph capture) the counters and factors are
+    set on the device, so a changing step neither recompiles nor synchronises.
     """
-    step = check_step(step)
+    if not isinstance(step, torch.Tensor):
+        step = check_step(step)
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     count = 0
