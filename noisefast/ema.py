@@ -378,6 +378,7 @@ class EMA:
             mark_static(t)
         self._plan_key = None  # (the tensors followed, which averaged ones are frozen) the plan was made for
         self._plan = None
+        self._current_plan()  # made now: a compiled update's first call then traces what every later call runs
 
     def _shadow_dtype(self, weight: torch.Tensor, name: str) -> torch.dtype:
         if self.dtype is None:

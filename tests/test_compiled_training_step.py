@@ -18,7 +18,6 @@ from torch._dynamo import compiled_autograd
 
 import noisefast
 from noisefast import schedules as S
-from noisefast._compile import StepCounter, mark_static
 
 K = 40  # training steps; iCT's N doubles every 5 (8 values), the sinusoidal curriculum's takes 30
 SIGMA_DATA = 0.5
@@ -169,22 +168,6 @@ def test_noise_schedules_step_inside_a_fullgraph_region():
         want = forward(step)
         torch.testing.assert_close(got, want)
     assert all(step <= 1 for step in counter.new_at), counter.new_at
-
-
-def test_step_counter():
-    counter = StepCounter(3)
-    counter.advance()
-    assert counter.value == 4 and int(counter.tensor) == 4
-    counter.set(torch.tensor(9))
-    assert counter._host is None and counter.value == 9
-    compiled = torch.compile(counter.advance, backend="eager", fullgraph=True)
-    compiled()
-    compiled()
-    assert counter.value == 11
-    probe, marked = torch.zeros(1), torch.zeros(1)
-    torch._dynamo.mark_static_address(probe)
-    mark_static(marked)
-    assert marked._dynamo_static_input_type == probe._dynamo_static_input_type
 
 
 @pytest.mark.cuda
