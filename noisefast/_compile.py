@@ -45,27 +45,20 @@ def mark_static(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def traced_or_captured(device: torch.device) -> bool:
-    """Whether the code running now is traced by torch.compile or captured in a CUDA graph on
-    ``device``: then values must stay on the device (no host arithmetic baked into the graph)."""
-    if torch.compiler.is_compiling():
-        return True
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 class StepCounter:
     """A count of steps (EMA updates, gradient-noise steps, a noise schedule's step) kept in a 0-d
     int64 tensor on the device that uses it, with a copy on the host.
 
     Eager: the host copy is the truth and every change also fills the tensor (one tiny kernel, no
     synchronisation, no host-to-device copy), so eager code keeps its host arithmetic. Traced by
-    torch.compile or captured in a CUDA graph (:func:`traced_or_captured`): only the tensor changes,
+    torch.compile or captured in a CUDA graph (:meth:`on_device`): only the tensor changes,
     in place (nothing for a graph to guard, replayed by CUDA graphs), and the host copy is marked
     stale; :attr:`value` reads the tensor again (one synchronisation) the next time it is asked for.
     """
 
     def __init__(self, value: int = 0, device=None):
         self.tensor = mark_static(torch.full((), value, dtype=torch.int64, device=device))
+        self._on_cuda = self.tensor.is_cuda
         self._host: Optional[int] = value
 
     @property
@@ -73,8 +66,10 @@ class StepCounter:
         return self.tensor.device
 
     def on_device(self) -> bool:
-        """Whether a change now must stay on the device (:func:`traced_or_captured`)."""
-        return traced_or_captured(self.tensor.device)
+        """Whether a change now must stay on the device: the code is traced by torch.compile, or
+        captured in a CUDA graph on the tensor's device (no host arithmetic may be baked into the
+        graph). The device type is kept as a flag: this runs at every eager call."""
+        return torch.compiler.is_compiling() or (self._on_cuda and torch.cuda.is_current_stream_capturing())
 
     @property
     def value(self) -> int:
@@ -109,4 +104,5 @@ class StepCounter:
         """Move the tensor to ``device`` (the host copy is kept)."""
         host = self._host
         self.tensor = mark_static(self.tensor.to(device))
+        self._on_cuda = self.tensor.is_cuda
         self._host = host

@@ -373,7 +373,10 @@ class EMA:
         # CUDA-graph) update computes the decays; the shadows are static inputs for CUDA graphs.
         first = (self._shadows[0] or self._copies)[0]
         self._step_counter = StepCounter(0, first.device)
-        self._update_counter = StepCounter(0, first.device)
+        # num_updates = the eager updates (host) + the traced or captured ones (device): an eager
+        # update then costs no second counter fill.
+        self._eager_updates = 0
+        self._traced_updates = StepCounter(0, first.device)
         for t in [s for shadows in self._shadows for s in shadows] + self._copies:
             mark_static(t)
         self._plan_key = None  # (the tensors followed, which averaged ones are frozen) the plan was made for
@@ -416,11 +419,12 @@ class EMA:
     @property
     def num_updates(self) -> int:
         """The number of updates so far (read like :attr:`step`)."""
-        return self._update_counter.value
+        return self._eager_updates + self._traced_updates.value
 
     @num_updates.setter
     def num_updates(self, value: int) -> None:
-        self._update_counter.set(check_int(value, "num_updates", 0))
+        self._eager_updates = check_int(value, "num_updates", 0)
+        self._traced_updates.set(0)
 
     def power_time(self, step: Optional[int] = None) -> int:
         """t of the power-function profiles at ``step`` (default: the last update's step):
@@ -509,7 +513,7 @@ class EMA:
         step = self.step + 1 if step is None else check_int(step, "step", 0)
         self._average(self.decays_at(step), None)
         self.step = step
-        self.num_updates += 1
+        self._eager_updates += 1
 
     def _update_on_device(self, step: Union[None, int, torch.Tensor]) -> None:
         if step is None:
@@ -522,7 +526,7 @@ class EMA:
                 step = check_int(step, "step", 0)
             self._step_counter.set(step)
         self._average([], self.decays_on_device(self._step_counter.tensor))
-        self._update_counter.advance()
+        self._traced_updates.advance()
 
     def _average(self, decays: List[float], decay_tensor: Optional[torch.Tensor]) -> None:
         """One update with ``decays`` (floats) or ``decay_tensor`` (float64 [P] on a device)."""
