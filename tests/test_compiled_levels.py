@@ -139,3 +139,22 @@ def test_num_levels_errors():
         noise.sample(torch.randn(4, 3), torch.tensor(-1))
     with pytest.raises(TypeError, match="step"):
         noise.sample(torch.randn(4, 3), torch.tensor(1.0))
+
+
+def test_compiled_checks_fire_on_the_device():
+    """Under torch.compile the value checks are device-side assertions (torch._assert_async): a
+    broken table or a negative step fails at run time, with the check's message."""
+    sigmas = S.karras_sigmas(11, dtype=torch.float64)
+    cdf = S.LogNormalLevels().cdf(sigmas)
+    x = torch.randn(4, 3)
+    pair = torch.compile(lambda x, s, c: sampled_consistency_pair(x, s, c), backend="aot_eager", fullgraph=True)
+    pair(x, sigmas, cdf)
+    broken = cdf.clone()
+    broken[3] = 2.0
+    with pytest.raises(RuntimeError, match="cdf must be nondecreasing"):
+        pair(x, sigmas, broken)
+    noise = ConsistencyNoise(total_steps=K)
+    sample = torch.compile(lambda x, step: noise.sample(x, step), backend="aot_eager", fullgraph=True)
+    sample(x, torch.tensor(3))
+    with pytest.raises(RuntimeError, match="step must be >= 0"):
+        sample(x, torch.tensor(-1))
