@@ -172,13 +172,18 @@ def _corruptions(name):
     if name in ("GaussianNoise", "WeightNoise"):
         def extra(fn):
             return lambda s: {**s, "_extra_state": fn(dict(s["_extra_state"]))}
-        return {
+        kinds = {
             "missing-steps": extra(lambda e: {k: v for k, v in e.items() if k != "num_steps"}),
             "bad-steps": extra(lambda e: {**e, "num_steps": -2}),
             "unexpected-key": extra(lambda e: {**e, "extra": 1}),
             "generator-dtype": extra(lambda e: {**e, "generator": e["generator"].float()}),
             "generator-size": extra(lambda e: {**e, "generator": e["generator"][:10]}),
         }
+        if name == "WeightNoise":  # the wrapped model's tensors: torch would raise after setting the step
+            kinds["module-weight-shape"] = lambda s: {**s, "module.weight": torch.zeros(2, 2)}
+            kinds["module-weight-missing"] = lambda s: {k: v for k, v in s.items() if k != "module.bias"}
+            kinds["unexpected-tensor"] = lambda s: {**s, "module.extra": torch.zeros(1)}
+        return kinds
     ema = (lambda fn: lambda s: {**s, "ema": fn(s["ema"])}) if name == "EMA" else \
         (lambda fn: lambda s: {**s, "ema": {**s["ema"], "ema": fn(s["ema"]["ema"])}})
     first = "0.weight"
