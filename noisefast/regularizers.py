@@ -8,7 +8,7 @@ from torch import nn
 
 from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
 from ._compile import eager_under_compile
-from .magnitude import check_schedule, check_step
+from .magnitude import check_schedule, check_step, is_stateful
 from .ops.gaussian_noise import gaussian_noise, gaussian_noise_op, noise_scale
 from .random import draw_seed
 
@@ -35,7 +35,10 @@ class ScheduledNoise(nn.Module):
             ``.to(device)``; its shape must broadcast against what the subclass perturbs). A tensor's
             values are checked here and when a state_dict is loaded, not on every forward.
         schedule: None, or a callable ``step -> float >= 0`` such as
-            ``noisefast.schedules.linear(1.0, 0.0, total_steps)``.
+            ``noisefast.schedules.linear(1.0, 0.0, total_steps)``. A stateful schedule
+            (``noisefast.schedules.adaptive``: ``state_dict`` / ``check_state_dict`` /
+            ``load_state_dict``) has its state saved in this module's extra state; one with
+            ``register_listener`` calls :meth:`refresh_factor` whenever its value changes.
     """
 
     def __init__(self, std: Union[float, torch.Tensor], schedule=None):
@@ -52,6 +55,22 @@ class ScheduledNoise(nn.Module):
         self.register_buffer("_factor", None if schedule is None else torch.ones((), dtype=torch.float64),
                              persistent=False)
         self.num_steps = 0
+        self._listen_to_schedule()
+
+    def _listen_to_schedule(self) -> None:
+        register = getattr(self._schedule, "register_listener", None)
+        if callable(register):
+            register(self)
+
+    def __setstate__(self, state) -> None:
+        # copy.deepcopy and pickle: a stateful schedule's copy forgets its listeners, so register again
+        super().__setstate__(state)
+        self._listen_to_schedule()
+
+    def refresh_factor(self) -> None:
+        """Re-evaluate the schedule at ``num_steps`` into the factor tensor (a stateful schedule
+        calls this when its value changes between steps)."""
+        self.num_steps = self._num_steps
 
     @property
     def schedule(self):
@@ -120,6 +139,8 @@ class ScheduledNoise(nn.Module):
         extra_key = prefix + "_extra_state"
         if extra_key in state_dict:
             self._check_extra_state(state_dict[extra_key])
+            if is_stateful(self.schedule) and "schedule" in state_dict[extra_key]:
+                self.schedule.check_state_dict(state_dict[extra_key]["schedule"])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if extra_key not in state_dict and extra_key in missing_keys:
@@ -127,10 +148,16 @@ class ScheduledNoise(nn.Module):
             missing_keys.remove(extra_key)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        return {"num_steps": self.num_steps}
+        state: Dict[str, Any] = {"num_steps": self.num_steps}
+        if is_stateful(self.schedule):
+            state["schedule"] = self.schedule.state_dict()
+        return state
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.num_steps = self._check_extra_state(state)
+        step = self._check_extra_state(state)
+        if is_stateful(self.schedule) and "schedule" in state:
+            self.schedule.load_state_dict(state["schedule"])  # checked before anything changes
+        self.num_steps = step
 
     def _check_extra_state(self, state) -> int:
         if not isinstance(state, dict) or "num_steps" not in state:

@@ -56,6 +56,11 @@ class RobustnessCurve:
     count: int
     metric: str = "accuracy"
 
+    def area(self) -> float:
+        """The robustness area: the mean of the metric over the stds (each std weighs the same, so
+        compare areas of curves with the same stds)."""
+        return math.fsum(self.values) / len(self.values)
+
     def as_dict(self) -> Dict[float, float]:
         """``{std: value}``."""
         return dict(zip(self.stds, self.values))
