@@ -2,7 +2,7 @@
 
 The robustness material this project serves says to track noise-robustness metrics during
 training, because their degradation signals that noise is overused, and then to adjust the noise
-level (docs/formulas.md, "Adaptive magnitude"). :class:`adaptive` is that adjustment: a factor that
+level (docs/formulas.md, "Schedules of noise magnitude"). :class:`adaptive` is that adjustment: a factor that
 starts at ``value`` and is multiplied by ``factor`` (never below ``min_value``) each time
 
 - a :class:`noisefast.RobustnessTracker` reports overuse (``schedule.step(overuse=tracker.overuse)``),

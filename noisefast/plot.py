@@ -213,7 +213,8 @@ _STD_STYLES = ("-", "--", ":", "-.")
 
 
 def robustness_history(trackers, stds: Optional[Sequence[float]] = None, ax=None, path=None, *, dpi: int = 150,
-                       title: Optional[str] = None, area: bool = True, overuse: bool = True):
+                       title: Optional[str] = None, area: bool = True, overuse: bool = True,
+                       xlabel: str = "training step"):
     """The metric over training at each test-time noise std, from :class:`noisefast.RobustnessTracker`\\ s.
 
     Args:
@@ -229,6 +230,7 @@ def robustness_history(trackers, stds: Optional[Sequence[float]] = None, ax=None
             one tracker, dotted in the run's colour for several.
         overuse: mark the evaluations that signalled overuse (a cross on the clean line, or on the
             first drawn std).
+        xlabel: what the trackers' steps count (e.g. "epoch").
 
     Returns:
         The Figure.
@@ -244,7 +246,7 @@ def robustness_history(trackers, stds: Optional[Sequence[float]] = None, ax=None
         if not isinstance(tracker, RobustnessTracker):
             raise TypeError(f"trackers[{label!r}] must be a RobustnessTracker, got {type(tracker).__name__}")
     metrics = {t.metric_name for t in runs.values()}
-    fig, ax = _new_axes(ax, (7.5, 4.5))
+    fig, ax = _new_axes(ax, (7.5, 4.5) if single else (11.0, 5.0))
     for k, (label, tracker) in enumerate(runs.items()):
         chosen = list(stds) if stds is not None else (
             list(tracker.stds) if single else sorted({min(tracker.stds), max(tracker.stds)}))
@@ -267,9 +269,12 @@ def robustness_history(trackers, stds: Optional[Sequence[float]] = None, ax=None
             ax.plot(steps, tracker.areas(), linewidth=1.3, color="black" if single else color,
                     linestyle="--" if single else ":", label="area (mean over stds)" if single else f"{label}, area")
     metric = metrics.pop() if len(metrics) == 1 else "metric"
-    ax.set_xlabel("training step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.set_title(title if title is not None else f"Robustness during training ({metric} at each test-time noise std)")
     ax.grid(True, alpha=0.35)
-    ax.legend(fontsize="small", loc="best")
+    if single:
+        ax.legend(fontsize="small", loc="best")
+    else:  # one entry per run and std: beside the axes, not over the lines
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path, dpi)
