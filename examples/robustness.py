@@ -361,7 +361,8 @@ def main(argv=None) -> int:
                         help="input noise std of the injection comparison (default 1.5)")
     parser.add_argument("--every-k", type=int, default=4, help="the interval recipe's k: noise every k-th epoch")
     parser.add_argument("--factor", type=float, default=0.5, help="the adaptive recipe's reduction factor")
-    parser.add_argument("--min-value", type=float, default=0.0, help="the adaptive recipe's floor (a factor)")
+    parser.add_argument("--min-value", type=float, default=0.25,
+                        help="the adaptive recipe's floor, a factor of --injection-std (default 0.25)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="the tracker's tolerance (accuracy)")
     parser.add_argument("--patience", type=int, default=3, help="the tracker's patience (evaluations)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the model is tiny)")

@@ -14,6 +14,7 @@ import numpy as np
 from . import schedules as S
 from ._checks import check_int
 from .robustness import RobustnessCurve
+from .robustness_tracker import RobustnessTracker
 
 _INSTALL_HINT = "noisefast.plot needs matplotlib: pip install noisefast[plot]"
 
@@ -235,8 +236,6 @@ def robustness_history(trackers, stds: Optional[Sequence[float]] = None, ax=None
     Returns:
         The Figure.
     """
-    from .robustness_tracker import RobustnessTracker
-
     single = isinstance(trackers, RobustnessTracker)
     runs = {None: trackers} if single else trackers
     if not isinstance(runs, Mapping) or not runs:

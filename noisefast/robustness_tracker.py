@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ._checks import check_int, check_real
-from .robustness import Metric, RobustnessCurve, _batches, _check_stds, _metric_fn, robustness_curve
+from .robustness import Metric, RobustnessCurve, as_batches, check_stds, metric_fn, robustness_curve
 
 __all__ = ["RobustnessTracker", "RobustnessRecord"]
 
@@ -120,13 +120,13 @@ class RobustnessTracker:
                  reference: Union[None, float, RobustnessCurve] = None, seed: int = 0, same_noise: bool = False,
                  device: Union[str, torch.device, None] = None, progress: Optional[bool] = None,
                  progress_after: float = 10.0):
-        self.stds = _check_stds(stds)
+        self.stds = check_stds(stds)
         if 0.0 not in self.stds:
             raise ValueError(f"stds must include 0 (the clean metric), got {list(self.stds)}")
         if not any(s > 0 for s in self.stds):
             raise ValueError(f"stds must include at least one std > 0 (the noisy metrics), got {list(self.stds)}")
-        self._metric, self.metric_name = _metric_fn(metric)
-        self.data = _batches(data)
+        self._metric, self.metric_name = metric_fn(metric)
+        self.data = as_batches(data)
         if iter(self.data) is self.data:
             raise TypeError("data must be re-iterable (a DataLoader, a list of (x, y) batches or one (x, y) pair), "
                             "not a one-shot iterator: the tracker reads it at every evaluation")
@@ -292,7 +292,7 @@ class RobustnessTracker:
             raise ValueError(f"state must have exactly the keys {sorted(keys)}, got {sorted(state)}")
         if state["version"] != _STATE_VERSION:
             raise ValueError(f"state['version'] must be {_STATE_VERSION}, got {state['version']!r}")
-        if tuple(_check_stds(state["stds"])) != self.stds:
+        if tuple(check_stds(state["stds"])) != self.stds:
             raise ValueError(f"state['stds'] {list(state['stds'])} differ from this tracker's {list(self.stds)}")
         if state["metric"] != self.metric_name:
             raise ValueError(f"state['metric'] {state['metric']!r} differs from this tracker's {self.metric_name!r}")
