@@ -173,7 +173,8 @@ class RobustnessTracker:
     def evaluate(self, model, step: int) -> RobustnessRecord:
         """Measure the robustness curve of ``model`` now, record it at ``step`` and apply the rule.
 
-        ``step`` must exceed the last recorded step (an int >= 0)."""
+        ``step`` must exceed the last recorded step (an int >= 0). An evaluation that raises (e.g.
+        a metric of the wrong shape) leaves the history and the generator as they were."""
         step = check_int(step, "step", 0)
         if self._history and step <= self._history[-1].step:
             raise ValueError(f"step must increase: {step} after {self._history[-1].step}")
@@ -185,8 +186,14 @@ class RobustnessTracker:
         if show:
             total = len(data) if hasattr(data, "__len__") else None
             data = _tqdm()(data, total=total, desc=f"robustness at step {step}", leave=False)
+        generator_state = self.generator.get_state()
         start = time.perf_counter()
-        curve = robustness_curve(model, data, self.stds, self._metric, generator=self.generator, device=self.device)
+        try:
+            curve = robustness_curve(model, data, self.stds, self._metric, generator=self.generator,
+                                     device=self.device)
+        except BaseException:
+            self.generator.set_state(generator_state)  # a failed evaluation changes nothing
+            raise
         self._last_seconds = time.perf_counter() - start
         record, self._rule = self._apply_rule(self._rule, step, curve)
         self._history.append(record)

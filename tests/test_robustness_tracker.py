@@ -277,10 +277,12 @@ def test_bad_data_metric_and_steps():
     data = problem()
     with pytest.raises(TypeError, match="re-iterable"):
         RobustnessTracker(iter(data), STDS)
-    tracker = RobustnessTracker(data, STDS, metric=lambda out, y: out)  # [B, 2]: the wrong shape
+    # [B, 2]: the wrong shape, found after the noise of std 0.5 was drawn
+    tracker = RobustnessTracker(data, (0.5, 0.0, 1.0), metric=lambda out, y: out)
+    generator = tracker.generator.get_state()
     with pytest.raises(ValueError, match="metric must return one value per sample"):
         tracker.evaluate(nn.Linear(4, 2), 0)
-    assert tracker.history == ()
+    assert tracker.history == () and torch.equal(tracker.generator.get_state(), generator)
     tracker = RobustnessTracker(data, STDS)
     tracker.evaluate(nn.Linear(4, 2), 4)
     with pytest.raises(ValueError, match="step must increase"):
