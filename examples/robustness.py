@@ -385,15 +385,33 @@ def main(argv=None) -> int:
 
     data = digits.load_digits_split()
     start = time.perf_counter()
-    sections = [PARTS[name](data, stds, args) for name in PARTS if args.only in (None, name)]
+    sections = {name: PARTS[name](data, stds, args) for name in PARTS if args.only in (None, name)}
     elapsed = time.perf_counter() - start
-    command = "python examples/robustness.py" + (f" --only {args.only}" if args.only else "")
-    text = (f"# Robustness of noise regularisers (digits MLP)\n\n"
-            f"Made by `{command}` in {elapsed:.0f} s ({args.threads} thread(s)).\n\n" + "\n".join(sections))
+    text = update_sections(table_path.read_text() if table_path.exists() else "", sections)
     table_path.write_text(text)
     print(text)
     print(f"wrote {table_path} and its figures in {args.image_dir} ({elapsed:.1f} s)")
     return 0
+
+
+TITLE = ("# Robustness of noise regularisers (digits MLP)\n\n"
+         "Made by `python examples/robustness.py` (each section says how long it took; "
+         "`--only regularisers` or `--only injection` remakes one section and keeps the other).\n")
+
+
+def update_sections(old: str, sections: Dict[str, str]) -> str:
+    """The document with ``sections`` (name -> markdown) replacing those of ``old``; the other
+    sections of ``old`` are kept, so one part can be remade alone."""
+    def block(name: str, body: str) -> str:
+        return f"<!-- section:{name}:start -->\n{body}<!-- section:{name}:end -->\n"
+
+    kept = {}
+    for name in PARTS:
+        begin, end = f"<!-- section:{name}:start -->\n", f"<!-- section:{name}:end -->"
+        if begin in old and end in old:
+            kept[name] = old[old.index(begin) + len(begin):old.index(end)]
+    kept.update(sections)
+    return TITLE + "".join("\n" + block(name, kept[name]) for name in PARTS if name in kept)
 
 
 if __name__ == "__main__":

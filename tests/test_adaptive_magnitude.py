@@ -227,3 +227,13 @@ def test_step_takes_exactly_one_signal():
         schedule.step(float("nan"))
     schedule.step(torch.tensor(0.5))
     assert schedule.best == 0.5
+
+
+def test_gradient_noise_with_a_step_schedule():
+    p = torch.nn.Parameter(torch.zeros(2))
+    noise = noisefast.GradientNoise([p], eta=0.25, gamma=0.0, schedule=S.linear(1.0, 0.0, 4))
+    assert [noise.std(t) for t in range(5)] == pytest.approx([0.5, 0.375, 0.25, 0.125, 0.0], rel=1e-15)
+    assert "schedule" not in noise.state_dict()  # a stateless schedule has nothing to save
+    with pytest.raises(TypeError, match="schedule"):
+        noisefast.GradientNoise([p], schedule=0.5)
+    assert "schedule=linear" in repr(noise)
