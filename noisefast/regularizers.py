@@ -139,8 +139,12 @@ class ScheduledNoise(nn.Module):
         extra_key = prefix + "_extra_state"
         if extra_key in state_dict:
             self._check_extra_state(state_dict[extra_key])
-            if is_stateful(self.schedule) and "schedule" in state_dict[extra_key]:
-                self.schedule.check_state_dict(state_dict[extra_key]["schedule"])
+            schedule_state = state_dict[extra_key].get("schedule")
+            if schedule_state is not None:
+                if not is_stateful(self.schedule):
+                    raise ValueError(f"the {type(self).__name__} state holds a schedule state, but this module's "
+                                     f"schedule ({self.schedule!r}) keeps none")
+                self.schedule.check_state_dict(schedule_state)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if extra_key not in state_dict and extra_key in missing_keys:

@@ -156,6 +156,10 @@ def test_bad_module_state_changes_nothing():
         with pytest.raises((ValueError, TypeError)):
             layer.load_state_dict({"_extra_state": {"num_steps": 7, "schedule": bad_schedule}})
         assert layer.num_steps == 2 and schedule.value == 1.0 and layer._factor.item() == 1.0
+    plain = noisefast.GaussianNoise(0.1, schedule=S.linear(1.0, 0.0, 10))
+    with pytest.raises(ValueError, match="keeps none"):
+        plain.load_state_dict({"_extra_state": {"num_steps": 7, "schedule": good["schedule"]}})
+    assert plain.num_steps == 0
 
 
 def test_copies_refresh_their_own_modules():
