@@ -238,7 +238,8 @@ class RobustnessTracker:
 
     @property
     def overuse(self) -> bool:
-        """Whether the latest evaluation signalled overuse (False before any)."""
+        """Whether the latest evaluation signalled overuse (False before any). It stays set until the
+        next evaluation: act on it once per evaluation (when :meth:`step` returns a record)."""
         return bool(self._history) and self._history[-1].overuse
 
     @property
