@@ -12,6 +12,7 @@ from ._compile import eager_under_compile
 from ._checks import check_int, check_real
 from .magnitude import check_schedule, check_step, is_stateful
 from .ops.foreach_gaussian_noise import foreach_gaussian_noise_
+from .random import check_generator_state
 
 __all__ = ["GradientNoise"]
 
@@ -132,28 +133,42 @@ class GradientNoise:
         return sigma
 
     def state_dict(self) -> Dict[str, Any]:
-        state = {"t": self.t, "eta": self.eta, "gamma": self.gamma}
+        """{"t", "eta", "gamma", "generator"} (and "schedule" with a stateful schedule): "generator" is
+        the generator's state (``torch.Generator.get_state()``, a uint8 CPU tensor) when one was given,
+        else None, so a run resumed with ``generator=`` draws the noise the uninterrupted run would
+        have drawn; "schedule" is the schedule's ``state_dict()`` (``noisefast.schedules.adaptive``)."""
+        state = {"t": self.t, "eta": self.eta, "gamma": self.gamma,
+                 "generator": self.generator.get_state() if self.generator is not None else None}
         if is_stateful(self.schedule):
             state["schedule"] = self.schedule.state_dict()
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore t, eta, gamma (and a stateful schedule's state); everything is validated before
-        anything changes."""
+        """Restore t, eta, gamma, the generator's state and a stateful schedule's state; everything is
+        validated before anything changes. A state without "generator" (saved before it was kept)
+        leaves the generator as it is; one without "schedule", the schedule."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        keys = set(state_dict)
-        required = {"t", "eta", "gamma"}
-        allowed = required | ({"schedule"} if is_stateful(self.schedule) else set())
+        keys, required = set(state_dict), {"t", "eta", "gamma"}
+        allowed = required | {"generator"} | ({"schedule"} if is_stateful(self.schedule) else set())
         if not required <= keys <= allowed:
-            raise ValueError(f"state_dict must have the keys {sorted(required)} (and 'schedule' with a stateful "
-                             f"schedule); missing {sorted(required - keys)}, unexpected {sorted(keys - allowed)}")
+            raise ValueError(f"state_dict must have the keys 't', 'eta', 'gamma' (and 'generator'; 'schedule' with a "
+                             f"stateful schedule); missing {sorted(required - keys)}, unexpected {sorted(keys - allowed)}")
         t = check_int(state_dict["t"], "state_dict['t']", 0)
         eta = check_real(state_dict["eta"], "state_dict['eta']", nonnegative=True)
         gamma = check_real(state_dict["gamma"], "state_dict['gamma']", nonnegative=True)
-        if "schedule" in state_dict:
-            self.schedule.load_state_dict(state_dict["schedule"])  # checked before anything changes
+        generator_state = state_dict.get("generator")
+        if generator_state is not None:
+            if self.generator is None:
+                raise ValueError("state_dict['generator'] holds a generator state, but this GradientNoise has no "
+                                 "generator: build it with generator= to resume the same noise")
+            check_generator_state(generator_state, self.generator, "state_dict['generator']")
+        schedule_state = state_dict.get("schedule")
+        if schedule_state is not None:
+            self.schedule.load_state_dict(schedule_state)  # checked before anything changes
         self.t, self.eta, self.gamma = t, eta, gamma
+        if generator_state is not None:
+            self.generator.set_state(generator_state)
 
     def __repr__(self) -> str:
         schedule = "" if self.schedule is None else f", schedule={self.schedule!r}"
