@@ -22,9 +22,10 @@ from typing import Callable, Iterable, List, Union
 
 import torch
 
-from ._checks import check_int, check_real
+from ._checks import check_int, check_real, check_values
 
-__all__ = ["MagnitudeSchedule", "constant", "linear", "polynomial", "cosine", "interval", "check_schedule"]
+__all__ = ["MagnitudeSchedule", "constant", "linear", "polynomial", "cosine", "interval", "check_schedule",
+           "is_stateful"]
 
 Schedule = Callable[[int], float]
 
@@ -54,7 +55,7 @@ class MagnitudeSchedule:
 
     def at(self, step: torch.Tensor) -> torch.Tensor:
         """The value at ``step`` (a 0-d integer tensor >= 0, not read on the host), float64."""
-        return _float64(self._value(step.to(torch.float64)), step.device)
+        return schedule_value(self, step)
 
     def _value(self, step):
         raise NotImplementedError
@@ -62,6 +63,25 @@ class MagnitudeSchedule:
     def values(self, steps: Iterable[int]) -> List[float]:
         """The schedule at each of ``steps`` (for plots and tables)."""
         return [self(s) for s in steps]
+
+
+def schedule_value(schedule, step):
+    """``schedule`` at ``step``: a float for an int step; for a tensor step (float64 or integer,
+    0-d) a float64 tensor on its device: a :class:`MagnitudeSchedule`'s tensor form, or any other
+    callable given the tensor (it must then compute with tensor operations)."""
+    if not isinstance(step, torch.Tensor):
+        return float(schedule(step))
+    if isinstance(schedule, MagnitudeSchedule):
+        return _float64(schedule._value(step.to(torch.float64)), step.device)
+    return _float64(schedule(step), step.device)
+
+
+def schedule_at(schedule, step: torch.Tensor) -> torch.Tensor:
+    """:func:`schedule_value` at a 0-d integer step tensor, checked on the device (finite, >= 0):
+    what the noise modules and GradientNoise evaluate inside a compiled or captured step."""
+    value = schedule_value(schedule, step)
+    check_values(torch.isfinite(value) & (value >= 0), "schedule(step) must be finite and >= 0")
+    return value
 
 
 def _minimum(a, b):
@@ -191,16 +211,16 @@ class interval(MagnitudeSchedule):
         return (step >= self.start) & ((step - self.start) % self.every < self.duration)
 
     def _value(self, step):
-        on = self.value
-        if callable(on):
-            # A tensor step (float64, from at()) goes to a schedule's tensor form; a Python
-            # callable receives it as is and must compute with tensors.
-            if isinstance(step, torch.Tensor):
-                on = on._value(step) if isinstance(on, MagnitudeSchedule) else on(step)
-            else:
-                on = float(on(step))
+        on = schedule_value(self.value, step) if callable(self.value) else self.value
         return _where(self._active(step), on, self.off)
 
     def __repr__(self) -> str:
         return (f"interval({self.value!r}, every={self.every}, duration={self.duration}, "
                 f"start={self.start}, off={self.off})")
+
+
+def is_stateful(schedule) -> bool:
+    """Whether ``schedule`` keeps state that a run must save (e.g. :class:`noisefast.schedules.adaptive`):
+    it has ``state_dict()``, ``check_state_dict(state)`` (raises, changing nothing, on a bad state) and
+    ``load_state_dict(state)``. The noise modules save such a schedule's state with their own."""
+    return all(callable(getattr(schedule, name, None)) for name in ("state_dict", "check_state_dict", "load_state_dict"))
