@@ -93,8 +93,15 @@ def test_gradient_noise_step_compiled_equals_eager():
         torch.testing.assert_close(a, b)
 
 
+def _reduced_adaptive():
+    schedule = S.adaptive(0.8, factor=0.5, base=S.cosine(1.0, 0.25, 20))
+    schedule.reduce()
+    return schedule
+
+
 SCHEDULES = [S.constant(0.3), S.linear(1.0, 0.0, 20), S.polynomial(1.0, 0.2, 20, power=3.0), S.cosine(1.0, 0.1, 20),
-             S.interval(S.linear(1.0, 0.0, 30), every=3, duration=2), S.interval(0.7, every=4, start=2, off=0.1)]
+             S.interval(S.linear(1.0, 0.0, 30), every=3, duration=2), S.interval(0.7, every=4, start=2, off=0.1),
+             S.adaptive(0.6), _reduced_adaptive(), S.interval(lambda step: 0.5 + 0 * step, every=2)]
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
@@ -103,6 +110,19 @@ def test_schedule_at_a_step_tensor_equals_the_host_value(schedule):
         value = schedule.at(torch.tensor(step))
         assert value.dtype == torch.float64 and value.dim() == 0
         assert float(value) == pytest.approx(schedule(step), rel=1e-15, abs=1e-300)
+
+
+def test_gradient_noise_schedule_is_traced():
+    """GradientNoise(schedule=...) compiled: sigma_t times schedule(t), computed on the device."""
+    torch._dynamo.reset()
+    params = [torch.nn.Parameter(torch.zeros(4))]
+    noise = noisefast.GradientNoise(params, eta=0.2, schedule=S.linear(1.0, 0.5, 4))
+    counter = CompileCounter()
+    step = torch.compile(noise.step, backend=counter, fullgraph=True)
+    for t in range(6):
+        params[0].grad = torch.zeros(4)
+        assert float(step()) == pytest.approx(noise.std(t), rel=1e-15)
+    assert counter.frame_count == 1
 
 
 def test_set_noise_step_with_a_tensor_and_eager_steps_after_compiled_ones():
