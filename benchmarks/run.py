@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PARTS = {
     "noise": ["bench_randn.py", "bench_gaussian_noise.py", "bench_perturbation.py", "bench_foreach_gaussian_noise.py",
-              "bench_mix_rows.py"],
+              "bench_mix_rows.py", "bench_overhead.py"],
     "training": ["bench_ema_update.py", "bench_pseudo_huber.py", "bench_consistency_output.py", "bench_pipeline.py"],
 }
 

@@ -192,6 +192,39 @@ def kernel_schema(op) -> str:
     return f"{op._name}({', '.join(kept)}) -> {returns}"
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _direct_call_allowed(args) -> bool:
+    """Whether :meth:`Kernels.call` may skip the dispatcher for ``args``: eager mode, no dispatch
+    mode or functorch transform, plain tensors (not subclasses) on CPU or CUDA devices."""
+    if (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or torch._C._are_functorch_transforms_active()):
+        return False
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if type(a) not in _PLAIN_TENSORS or a.device.type not in ("cpu", "cuda"):
+                return False
+        elif isinstance(a, (list, tuple)):
+            if not _direct_call_allowed(a):
+                return False
+    return True
+
+
+def _autograd_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
+    """An autograd.Function running ``impl`` with the custom op's setup_context and backward.
+
+    Old style (forward takes ctx): the new style's ``setup_context`` staticmethod makes every
+    ``apply`` bind the arguments with ``inspect.signature`` (~100 us)."""
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    return type(f"{name}_function", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
 def increment_versions(tensors: List[torch.Tensor]) -> None:
     """Bump the autograd version counters of tensors written in place outside the dispatcher."""
     try:
@@ -226,7 +259,34 @@ class Kernels:
         self.modules = {"reference": reference, "triton": triton}  # Python backends: module paths
         self.gpu_preference = (("cuda",) if cuda else ()) + (("triton",) if triton else ())
         self._resolved: Dict[str, Callable] = {}
+        self._impl = op._init_fn  # the op's Python implementation (what its CPU/CUDA kernels run)
+        self._function = None     # see register_autograd
         _COMPILED_LIBRARY.define(kernel_schema(op))
+
+    def register_autograd(self, backward: Callable, *, setup_context: Callable) -> None:
+        """``op.register_autograd(backward, setup_context=setup_context)``, and the same two functions
+        as the autograd of :meth:`call`'s eager path."""
+        self.op.register_autograd(backward, setup_context=setup_context)
+        self._function = _autograd_function(self.name, self._impl, setup_context, backward)
+
+    def call(self, *args):
+        """The custom op on ``args`` (all of its arguments, positionally), with its dispatch skipped
+        where that changes nothing.
+
+        Traced (torch.compile), under a dispatch mode (fake tensors, export) or a functorch transform,
+        with tensor subclasses or on devices other than CPU/CUDA this is ``op(*args)``. Otherwise
+        it runs the op's Python implementation directly (the same checks, the same kernel), through
+        an autograd.Function made of the op's own setup_context and backward when a gradient is
+        needed: the custom op's layers (autograd, redispatch, backend lookup, argument binding)
+        cost ~100 us per call, more than a small tensor's kernel (benchmarks/bench_overhead.py).
+        """
+        if not _direct_call_allowed(args):
+            return self.op(*args)
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            if self._function is None:
+                return self.op(*args)  # no autograd: the op raises as it would
+            return self._function.apply(*args)
+        return self._impl(*args)
 
     def implementation(self, backend: str) -> Callable:
         """The function that runs this op on ``backend`` (imported on first use)."""
