@@ -23,9 +23,10 @@ Two ways to run:
 
 - in the suite (``python -m benchmarks.run``): pytest-benchmark, one case at a time;
 - ``python -m benchmarks.bench_overhead [--rounds R] [--compile]``: every provider of a case
-  interleaved in one process (round r times each provider in turn), which is what the shared
-  machine's swings require for a ratio; prints a markdown table of the median per-call time and
-  the ratio noisefast / eager. benchmarks/NOTES.md records its results.
+  interleaved in one process (round r times each provider in turn), timed in CPU time on one
+  thread, which is what the shared machine's swings require for a ratio; prints a markdown table
+  of the median per-call time and the ratio noisefast / eager. benchmarks/NOTES.md records its
+  results.
 """
 from __future__ import annotations
 
@@ -142,17 +143,19 @@ def test_overhead(benchmark, provider, case, numel):
 
 def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, calls: int) -> Dict[str, float]:
     """Median over rounds of the mean per-call time (us) of each provider, the providers timed in
-    turn inside each round."""
+    turn inside each round. The time is this process's CPU time (time.process_time), not wall
+    time: on a shared machine the wall clock also counts the time other processes hold the cores,
+    which swings by 10x between rounds."""
     for fn in fns.values():  # warm-up (and compile)
         for _ in range(3):
             fn()
     samples: Dict[str, List[float]] = {p: [] for p in fns}
     for _ in range(rounds):
         for provider, fn in fns.items():
-            start = time.perf_counter()
+            start = time.process_time()
             for _ in range(calls):
                 fn()
-            samples[provider].append((time.perf_counter() - start) / calls * 1e6)
+            samples[provider].append((time.process_time() - start) / calls * 1e6)
     return {p: statistics.median(v) for p, v in samples.items()}
 
 
@@ -161,11 +164,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the eager lines")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads (default 1: small tensors use one thread, and an idle "
+                             "OpenMP thread would add its spinning to the CPU time)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"# per-call time, CPU ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+    torch.set_num_threads(args.threads)
+    print(f"# per-call CPU time (process_time), CPU ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; median of {args.rounds} rounds "
           f"x {args.calls} calls, providers interleaved\n")
     print("| case | numel | eager us | noisefast us | ratio |" + (" compile us |" if args.compile else ""))

@@ -75,8 +75,9 @@ _HOST_CHECK_NUMEL = 4096
 
 def _host_values(t: torch.Tensor):
     """t's values as Python floats when it is a small CPU tensor, else None."""
-    if t.device.type == "cpu" and t.numel() <= _HOST_CHECK_NUMEL:
-        return t.reshape(-1).tolist()
+    if t.is_cpu and t.numel() <= _HOST_CHECK_NUMEL:
+        dim = t.dim()
+        return [t.item()] if dim == 0 else t.tolist() if dim == 1 else t.reshape(-1).tolist()
     return None
 
 

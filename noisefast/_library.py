@@ -31,7 +31,6 @@ import warnings
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -192,23 +191,51 @@ def kernel_schema(op) -> str:
     return f"{op._name}({', '.join(kept)}) -> {returns}"
 
 
+_is_compiling = torch.compiler.is_compiling
+_len_dispatch_stack = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode() reads
+_functorch_active = torch._C._are_functorch_transforms_active
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_NON_TENSORS = (float, int, bool, type(None), str)
+# The answers of _direct_call: dispatch through the op / call directly / directly with autograd.
+_VIA_OP, _DIRECT, _DIRECT_WITH_GRAD = 0, 1, 2
 
 
-def _direct_call_allowed(args) -> bool:
-    """Whether :meth:`Kernels.call` may skip the dispatcher for ``args``: eager mode, no dispatch
-    mode or functorch transform, plain tensors (not subclasses) on CPU or CUDA devices."""
-    if (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-            or torch._C._are_functorch_transforms_active()):
-        return False
+_CPU_OR_CUDA: Dict[torch.device, bool] = {}
+
+
+def _is_cpu_or_cuda(device: torch.device) -> bool:
+    """device.type in ("cpu", "cuda"), remembered per device (``device.type`` costs ~2 us)."""
+    known = _CPU_OR_CUDA.get(device)
+    if known is None:
+        known = _CPU_OR_CUDA[device] = device.type in ("cpu", "cuda")
+    return known
+
+
+def _direct_call(args) -> int:
+    """How :meth:`Kernels.call` runs ``args``: _VIA_OP under torch.compile, a dispatch mode (fake
+    tensors, export) or a functorch transform, or with a tensor subclass or a tensor on a device
+    other than CPU/CUDA; else _DIRECT_WITH_GRAD when a tensor requires grad in grad mode, _DIRECT
+    otherwise. (Written for speed: ``isinstance(v, torch.Tensor)`` costs ~0.5 us on a non-tensor,
+    ``t.device.type`` ~2 us.)"""
+    if _is_compiling() or _len_dispatch_stack() or _functorch_active():
+        return _VIA_OP
+    grad = False
     for a in args:
-        if isinstance(a, torch.Tensor):
-            if type(a) not in _PLAIN_TENSORS or a.device.type not in ("cpu", "cuda"):
-                return False
-        elif isinstance(a, (list, tuple)):
-            if not _direct_call_allowed(a):
-                return False
-    return True
+        kind = type(a)
+        if kind in _NON_TENSORS:
+            continue
+        if kind in _PLAIN_TENSORS:
+            if not (a.is_cpu or a.is_cuda):
+                return _VIA_OP
+            grad = grad or a.requires_grad
+        elif kind is list or kind is tuple:
+            inner = _direct_call(a)
+            if inner == _VIA_OP:
+                return _VIA_OP
+            grad = grad or inner == _DIRECT_WITH_GRAD
+        else:  # a tensor subclass, or anything else the op's own dispatch should judge
+            return _VIA_OP
+    return _DIRECT_WITH_GRAD if grad and torch.is_grad_enabled() else _DIRECT
 
 
 def _autograd_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
@@ -261,6 +288,7 @@ class Kernels:
         self._resolved: Dict[str, Callable] = {}
         self._impl = op._init_fn  # the op's Python implementation (what its CPU/CUDA kernels run)
         self._function = None     # see register_autograd
+        self._backends: Dict[tuple, str] = {}  # see backend_for
         _COMPILED_LIBRARY.define(kernel_schema(op))
 
     def register_autograd(self, backward: Callable, *, setup_context: Callable) -> None:
@@ -280,27 +308,34 @@ class Kernels:
         needed: the custom op's layers (autograd, redispatch, backend lookup, argument binding)
         cost ~100 us per call, more than a small tensor's kernel (benchmarks/bench_overhead.py).
         """
-        if not _direct_call_allowed(args):
-            return self.op(*args)
-        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            if self._function is None:
-                return self.op(*args)  # no autograd: the op raises as it would
+        how = _direct_call(args)
+        if how == _DIRECT:
+            return self._impl(*args)
+        if how == _DIRECT_WITH_GRAD and self._function is not None:
             return self._function.apply(*args)
-        return self._impl(*args)
+        return self.op(*args)  # (an op without autograd raises there as it should)
 
     def implementation(self, backend: str) -> Callable:
         """The function that runs this op on ``backend`` (imported on first use)."""
         fn = self._resolved.get(backend)
         if fn is None:
             if backend in ("cpu", "cuda"):
-                fn = getattr(torch.ops.noisefast_C, self.name)
+                fn = getattr(torch.ops.noisefast_C, self.name).default  # the overload: no overload resolution per call
             else:
                 fn = getattr(importlib.import_module(self.modules[backend]), self.name)
             self._resolved[backend] = fn
         return fn
 
     def backend_for(self, device: torch.device) -> str:
-        return choose_backend(self.public, device, self.gpu_preference)
+        """:func:`choose_backend` for this op, remembered per (forced backend, device): what it
+        depends on (the extension, Triton, TRITON_INTERPRET, CUDA) is fixed once noisefast is
+        imported. An unavailable forced backend raises every time."""
+        key = (_FORCED.get(), device)
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = choose_backend(self.public, device, self.gpu_preference)
+            self._backends[key] = backend
+        return backend
 
     def __call__(self, device: torch.device, *args):
         return self.implementation(self.backend_for(device))(*args)
@@ -315,8 +350,7 @@ class Kernels:
         per tensor, which for a 300-tensor model is ~0.7 ms per call, more than the CUDA EMA
         kernel takes for 100M parameters (torch._foreach_lerp_ pays ~0.1 ms).
         """
-        if (torch.compiler.is_compiling() or device.type not in ("cpu", "cuda")
-                or _get_current_dispatch_mode() is not None):
+        if _is_compiling() or _len_dispatch_stack() or not _is_cpu_or_cuda(device):
             self.op(*args)
             return
         self(device, *args)
