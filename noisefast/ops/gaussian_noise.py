@@ -72,6 +72,8 @@ def broadcast_as_scale(std: torch.Tensor, shape: torch.Size) -> Tuple[torch.Tens
     sample [B,1,1,1], per channel [C,1,1], per column [W], a full tensor); otherwise std is
     expanded to ``shape`` (inner = 1), which costs memory but is always right.
     """
+    if std.dim() == 0:  # the common scalar tensor, without the general walk below
+        return std.reshape(1), 1
     padded = (1,) * (len(shape) - std.dim()) + tuple(std.shape)
     varying = [d for d, s in enumerate(padded) if s != 1]
     if not varying:
