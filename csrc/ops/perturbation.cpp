@@ -1,6 +1,7 @@
 // Torch-facing C++ of the perturbation ops noisefast_C::consistency_pair, add_noise,
-// sampled_consistency_pair and perturbation_noise_grad (their gradient with respect to sigma) (schemas: noisefast/ops/perturbation.py): the kernels' preconditions,
-// the per-sample values and outputs, and the registration of the CPU kernels
+// sampled_consistency_pair and perturbation_noise_grad (their gradient with respect to sigma;
+// schemas: noisefast/ops/perturbation.py): the kernels' preconditions, the per-sample values and
+// outputs, and the registration of the CPU kernels
 // (csrc/cpu/perturbation_cpu.h). On GPUs these ops run their Triton kernels
 // (noisefast/triton/perturbation.py); they have no CUDA C++ kernels.
 #include <ATen/ATen.h>
