@@ -205,3 +205,9 @@ def test_sigma_backward_allocates_no_full_size_noise(op):
         biggest = largest_allocation(lambda: torch.autograd.grad(out, sigma, grads))
     # Before: a float32 z (numel * 4 bytes) and products of that size.
     assert biggest < numel, f"the backward allocated {biggest} bytes at once"
+
+
+def test_opcheck():
+    grads = [grad_like(60, torch.float32, seed=k).view(3, 20) for k in range(2)]
+    torch.library.opcheck(perturbation_noise_grad_op, (grads, seed_tensor(), 0.1, 0.2, 3, 20, 5, 0))
+    torch.library.opcheck(perturbation_noise_grad_op, (grads[:1], seed_tensor(), 0.0, 0.0, 3, 20, 1, 3))
