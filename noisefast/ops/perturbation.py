@@ -13,11 +13,14 @@ The ops ``noisefast::consistency_pair`` and ``noisefast::add_noise`` take per-sa
 tensors of the math dtype (see noisefast/reference/perturbation.py for the conventions). z, xi
 and o come from streams STREAM_NOISE, STREAM_PERTURBATION and STREAM_OFFSET of one seed; the
 kernels never store them, and backward regenerates them from the seed: autograd saves the seed and
-the [B] per-sample values (x too when alpha requires grad), never the noise.
+the [B] per-sample values (x too when alpha requires grad), never the noise. The gradient with
+respect to a tensor sigma, per-sample sums of grad * noise, is the op
+``noisefast::perturbation_noise_grad``: the noise is regenerated inside the reduction, so the
+backward allocates nothing larger than [B] (benchmarks/memory_backward.py).
 
-The three ops share their kernel files (csrc/cpu/perturbation_cpu.cpp, noisefast/triton/
-perturbation.py) and their reference (noisefast/reference/perturbation.py): the "perturbation"
-family.
+The four ops share their kernel files (csrc/cpu/perturbation_cpu.h, noisefast/triton/
+perturbation.py), their per-element noise (csrc/include/noisefast/perturbation.h) and their
+reference (noisefast/reference/perturbation.py): the "perturbation" family.
 """
 from __future__ import annotations
 
