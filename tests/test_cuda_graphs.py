@@ -86,6 +86,9 @@ def as_if_captured():
     with contextlib.ExitStack() as stack:
         for module, name, body in _custom_op_bodies():
             stack.enter_context(mock.patch.object(module, name, body))
+        # The public functions call Kernels.call, which under a dispatch mode calls the custom op:
+        # run the implementation there too.
+        stack.enter_context(mock.patch.object(noisefast._library.Kernels, "call", lambda self, *args: self._impl(*args)))
         stack.enter_context(mock.patch.object(triton_interpreter.InterpretedFunction, "run", record_launch))
         stack.enter_context(mock.patch("torch.cuda.is_current_stream_capturing", return_value=True))
         stack.enter_context(mock.patch("torch.cuda.current_device", return_value=0))  # fake tensors: cuda:0
