@@ -60,8 +60,9 @@ def check_nonnegative_number(value, name: str) -> float:
 
 
 def values_checkable(t: torch.Tensor) -> bool:
-    """Whether the values of ``t`` may be read on the host now (not while a CUDA graph is captured)."""
-    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+    """Whether the values of ``t`` may be read on the host now: not for a meta tensor (it has none),
+    not while a CUDA graph is captured."""
+    return t.device.type != "meta" and not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _first_bad(t: torch.Tensor, bad: torch.Tensor) -> float:

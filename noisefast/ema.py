@@ -21,12 +21,19 @@ Decay schedules (docs/formulas.md, "EMA"):
   tracks one profile per relative standard deviation, with decay ``(1 - 1/t) ** (gamma + 1)`` at
   update t = step - update_after_step (so t = 1 copies the weights).
 
-What is tracked: floating-point parameters are averaged, except frozen ones (an nn.Parameter
-with requires_grad=False), which are copied at every update (as diffusers' EMAModel does); plain
-tensors passed in a list are averaged whatever their requires_grad; buffers
-(``include_buffers=True``) are copied too, floating or not. Copying, not averaging, floating
-buffers is a choice: BatchNorm running statistics are already averages, and EDM2 copies buffers
-as well; an average of a step counter or a running variance has no use.
+What is tracked: every floating-point parameter has a shadow per profile; at each update a
+parameter that does not require grad at that moment (an nn.Parameter with requires_grad=False)
+is copied into its shadows instead of averaged, as diffusers' EMAModel does (it reads the flag at
+every step), so freezing and unfreezing during training is followed. Plain tensors passed in a
+list are averaged whatever their requires_grad; buffers (``include_buffers=True``) and
+non-floating parameters are copied. Copying, not averaging, floating buffers is a choice:
+BatchNorm running statistics are already averages, and EDM2 copies buffers as well; an average
+of a step counter or a running variance has no use.
+
+An EMA built from a module follows it by name: each update reads the tensors the module holds
+then, so replacing a parameter (``load_state_dict(assign=True)``, ``to_empty``, a wrapper that
+swaps parameters) does not leave the EMA averaging stale tensors. Wrapped models
+(``torch.compile``, DDP) are tracked under the inner model's names.
 
 Precision: shadows are float32 by default whatever the weights' dtype (a float64 weight keeps a
 float64 shadow). A bfloat16 shadow of a bfloat16 weight is allowed (``dtype=None`` or
@@ -39,6 +46,8 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import operator
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -52,7 +61,7 @@ from .ops.ema_update import check_decay_number, run_ema_update
 
 Warmup = Union[None, str, Callable[[int], float]]
 WARMUPS = ("ramp", "inverse_gamma")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: frozen parameters are averaged tensors (copied while frozen)
 
 _GAMMA_MIN = -1.0  # power-function profiles need gamma > -1 to be integrable
 
@@ -89,8 +98,23 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
 
 def power_function_decay(t: int, gamma: float) -> float:
     """EDM2 eq. 127 with t counted in updates: (1 - 1/t)^(gamma + 1) for t >= 1 (0 at t = 1, so
-    the first update copies the weights), 0 before."""
+    the first update copies the weights), 0 before. ``t`` an int, ``gamma`` finite and > -1."""
+    t = check_int(t, "t", -2 ** 63)
+    gamma = check_real(gamma, "gamma")
+    if gamma <= _GAMMA_MIN:
+        raise ValueError(f"gamma must be > -1, got {gamma}")
+    return _power_function_decay(t, gamma)
+
+
+def _power_function_decay(t: int, gamma: float) -> float:
     return (1.0 - 1.0 / t) ** (gamma + 1.0) if t >= 1 else 0.0
+
+
+def check_warmup(warmup) -> Warmup:
+    """``warmup`` if it is None, one of WARMUPS or a callable, else a ValueError naming it."""
+    if warmup is None or callable(warmup) or (isinstance(warmup, str) and warmup in WARMUPS):
+        return warmup
+    raise ValueError(f"warmup must be None, one of {WARMUPS} or a callable u -> decay, got {warmup!r}")
 
 
 def ema_decay(step: int, decay: float = 0.9999, *, warmup: Warmup = None, update_after_step: int = 0,
@@ -100,10 +124,29 @@ def ema_decay(step: int, decay: float = 0.9999, *, warmup: Warmup = None, update
     u = max(0, step - update_after_step - 1); 0 if u == 0 (copy the weights); otherwise the
     warmup's value clamped to [min_decay, decay]: ``decay`` (warmup=None), ``(1 + u) / (10 + u)``
     ("ramp"), ``1 - (1 + u / inv_gamma) ** -power`` ("inverse_gamma") or ``warmup(u)`` (a
-    callable). "ramp" at steps 1, 2, 3, 10, 100, 1000 with decay 0.9999: 0, 0.1818, 0.25,
-    0.5263, 0.9174, 0.9911.
+    callable returning a number in [0, 1]). "ramp" at steps 1, 2, 3, 10, 100, 1000 with decay
+    0.9999: 0, 0.1818, 0.25, 0.5263, 0.9174, 0.9911.
+
+    Raises TypeError/ValueError naming the argument: ``step`` and ``update_after_step`` ints >= 0,
+    ``decay`` and ``min_decay`` in [0, 1] with min_decay <= decay, ``inv_gamma`` and ``power``
+    finite and > 0, ``warmup`` as above (and its value at u in [0, 1]).
     """
-    u = max(0, int(step) - update_after_step - 1)
+    step = check_int(step, "step", 0)
+    decay = check_decay_number(decay, "decay")
+    warmup = check_warmup(warmup)
+    update_after_step = check_int(update_after_step, "update_after_step", 0)
+    inv_gamma = check_real(inv_gamma, "inv_gamma", positive=True)
+    power = check_real(power, "power", positive=True)
+    min_decay = check_decay_number(min_decay, "min_decay")
+    if min_decay > decay:
+        raise ValueError(f"min_decay ({min_decay}) must not exceed decay ({decay})")
+    return _scheduled_decay(step, decay, warmup, update_after_step, inv_gamma, power, min_decay)
+
+
+def _scheduled_decay(step: int, decay: float, warmup: Warmup, update_after_step: int, inv_gamma: float,
+                     power: float, min_decay: float) -> float:
+    """:func:`ema_decay` on checked arguments (the EMA checks them once, at construction)."""
+    u = max(0, step - update_after_step - 1)
     if u <= 0:
         return 0.0
     if warmup is None:
@@ -113,17 +156,93 @@ def ema_decay(step: int, decay: float = 0.9999, *, warmup: Warmup = None, update
     elif warmup == "inverse_gamma":
         value = 1 - (1 + u / inv_gamma) ** -power
     else:
-        value = float(warmup(u))
+        value = warmup(u)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"warmup({u}) must return a number in [0, 1], got {value!r}")
+        value = float(value)
     return max(min(value, decay), min_decay)
 
 
 # --------------------------------------------------------------------------------------------
-# The EMA
+# Models: wrappers and the tensors behind names
 
-def _named_tensors(model_or_params) -> Tuple[List[Tuple[str, torch.Tensor]], List[Tuple[str, torch.Tensor]], bool]:
-    """(named parameters, named buffers, built from a module)."""
+
+def unwrap_model(module: nn.Module) -> nn.Module:
+    """The module a wrapper runs, so that names are the inner model's: ``torch.compile``'s
+    OptimizedModule (``_orig_mod.``), DistributedDataParallel and DataParallel (``module.``),
+    unwrapped repeatedly. FSDP2 (``fully_shard``) keeps the module and its names; its parameters
+    are DTensors, whose local shards the EMA averages (:func:`local_tensor`)."""
+    while True:
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+            continue
+        eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded once torch.compile is used
+        if eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
+            module = module._orig_mod
+            continue
+        return module
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose memory holds this process's elements of ``t``: its local shard for a
+    DTensor (FSDP2, tensor parallelism), ``t`` itself otherwise."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is not None and isinstance(t, dtensor.DTensor):
+        return t.to_local()
+    return t
+
+
+class _NameResolver:
+    """The tensors a module holds now under fixed names (parameters and buffers), found with one
+    dict lookup per name plus one per submodule on its path, so that following a module whose
+    tensors were replaced (load_state_dict(assign=True), ``module.weight = nn.Parameter(...)``,
+    to_empty, a wrapper that swaps parameters) costs no tree walk per step."""
+
+    def __init__(self, module: nn.Module, names: List[str], buffer_names: set):
+        self.module = module
+        self.names = names
+        self.buffer_names = buffer_names
+        self._bind()
+
+    def _bind(self) -> None:
+        # (dict that holds the tensor, key) per name, and (dict, key, module) per submodule on a path.
+        slots, links, seen = [], [], set()
+        for name in self.names:
+            owner = self.module
+            *path, leaf = name.split(".")
+            for i, part in enumerate(path):
+                child = owner._modules.get(part)
+                if child is None:
+                    raise ValueError(f"the model has no submodule {'.'.join(path[:i + 1])!r} (tracked tensor {name!r})")
+                if (id(owner), part) not in seen:
+                    seen.add((id(owner), part))
+                    links.append((owner._modules, part, child))
+                owner = child
+            table = owner._buffers if name in self.buffer_names else owner._parameters
+            if table.get(leaf) is None:
+                raise ValueError(f"the model has no tensor named {name!r} any more")
+            slots.append((table, leaf))
+        self._slots, self._links = slots, links
+        self._link_dicts = [d for d, _, _ in links]
+        self._link_keys = [k for _, k, _ in links]
+        self._link_children = [c for _, _, c in links]
+
+    def current(self) -> List[torch.Tensor]:
+        """The module's tensors under the names, now (rebinding if a submodule was replaced)."""
+        if not all(map(operator.is_, map(dict.get, self._link_dicts, self._link_keys), self._link_children)):
+            self._bind()
+        try:
+            return [table[key] for table, key in self._slots]
+        except KeyError:
+            self._bind()  # raises ValueError naming the tensor that is gone
+            return [table[key] for table, key in self._slots]
+
+
+def _named_tensors(model_or_params):
+    """(named parameters, named buffers, the inner module or None for a list of tensors)."""
     if isinstance(model_or_params, nn.Module):
-        return list(model_or_params.named_parameters()), list(model_or_params.named_buffers()), True
+        module = unwrap_model(model_or_params)
+        return list(module.named_parameters()), list(module.named_buffers()), module
     if isinstance(model_or_params, torch.Tensor) or not isinstance(model_or_params, Iterable):
         raise TypeError("model_or_params must be an nn.Module or an iterable of tensors, got "
                         f"{type(model_or_params).__name__}")
@@ -131,18 +250,46 @@ def _named_tensors(model_or_params) -> Tuple[List[Tuple[str, torch.Tensor]], Lis
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"model_or_params[{i}] must be a tensor, got {type(p).__name__}")
-    return [(str(i), p) for i, p in enumerate(params)], [], False
+    return [(str(i), p) for i, p in enumerate(params)], [], None
 
+
+def _is_frozen(t: torch.Tensor) -> bool:
+    """A parameter that does not require grad: copied, not averaged (diffusers' EMAModel reads
+    requires_grad at every step; a plain tensor is averaged whatever its flag)."""
+    return isinstance(t, nn.Parameter) and not t.requires_grad
+
+
+def _check_sigma_rels(sigma_rels) -> List[float]:
+    if isinstance(sigma_rels, (str, bytes, torch.Tensor)) or not isinstance(sigma_rels, Iterable):
+        raise TypeError(f"sigma_rels must be a sequence of numbers, got {type(sigma_rels).__name__}")
+    values = list(sigma_rels)
+    if not values:
+        raise ValueError("sigma_rels must hold at least one sigma_rel")
+    for k, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"sigma_rels[{k}] must be a real number, got {type(v).__name__}")
+    return [float(v) for v in values]
+
+
+# --------------------------------------------------------------------------------------------
+# The EMA
 
 class EMA:
     """Exponential moving average(s) of a model's weights.
 
     Args:
         model_or_params: an ``nn.Module`` (tensors named as in its state_dict) or an iterable of
-            tensors (named "0", "1", ...). The EMA keeps references to these tensors.
+            tensors (named "0", "1", ...). A module is followed by name: each update reads the
+            tensors the module holds *then* (after ``load_state_dict(assign=True)``,
+            ``module.weight = nn.Parameter(...)``, ``to_empty`` or a wrapper that replaces
+            parameters), at the cost of one dict lookup per tensor when nothing changed. A
+            wrapped model (``torch.compile``, DistributedDataParallel, DataParallel) is tracked
+            under its inner model's names (:func:`unwrap_model`); an FSDP2 model's parameters are
+            averaged shard by shard (each rank keeps and saves its shards). A list's tensors are
+            kept as given.
         decay: the decay of a classic EMA, in [0, 1] (ignored with ``sigma_rels``).
-        warmup: None (constant decay), "ramp", "inverse_gamma" or a callable u -> decay (see
-            :func:`ema_decay`).
+        warmup: None (constant decay), "ramp", "inverse_gamma" or a callable u -> decay in [0, 1]
+            (see :func:`ema_decay`).
         update_after_step: the first ``update_after_step + 1`` updates copy the weights.
         sigma_rels: relative standard deviations of EDM2 power-function profiles, one shadow
             per value (e.g. ``(0.05, 0.10)``); replaces ``decay`` and ``warmup``.
@@ -153,6 +300,12 @@ class EMA:
             a GPU model's EMA in host memory; each update then copies the weights to the host
             (a device-to-host transfer and a synchronisation per step).
         inv_gamma, power, min_decay: parameters of the schedules (see :func:`ema_decay`).
+
+    What is averaged: every floating-point parameter (and every floating tensor of a list) has a
+    shadow per profile. At each update a parameter that does not require grad *at that moment*
+    is copied into its shadows instead of averaged, as diffusers' EMAModel does, so freezing and
+    unfreezing during training is followed. Non-floating parameters and (with
+    ``include_buffers``) buffers are copied.
 
     ``update(step=None)`` after each optimiser step; ``copy_to(model)``, ``store``/``restore``,
     ``with ema.average_parameters(model):`` to evaluate; ``state_dict()`` to checkpoint.
@@ -165,9 +318,7 @@ class EMA:
                  device: Union[None, str, torch.device] = None, inv_gamma: float = 1.0,
                  power: float = 2.0 / 3.0, min_decay: float = 0.0):
         self.decay = check_decay_number(decay, "decay")
-        if warmup is not None and warmup not in WARMUPS and not callable(warmup):
-            raise ValueError(f"warmup must be None, one of {WARMUPS} or a callable, got {warmup!r}")
-        self.warmup = warmup
+        self.warmup = check_warmup(warmup)
         self.update_after_step = check_int(update_after_step, "update_after_step", 0)
         self.inv_gamma = check_real(inv_gamma, "inv_gamma", positive=True)
         self.power = check_real(power, "power", positive=True)
@@ -175,12 +326,10 @@ class EMA:
         if self.min_decay > self.decay:
             raise ValueError(f"min_decay ({self.min_decay}) must not exceed decay ({self.decay})")
         if sigma_rels is not None:
-            if isinstance(sigma_rels, (str, bytes)) or not isinstance(sigma_rels, Iterable) or not list(sigma_rels):
-                raise ValueError(f"sigma_rels must be a non-empty sequence of numbers, got {sigma_rels!r}")
-            sigma_rels = list(sigma_rels)
+            sigma_rels = _check_sigma_rels(sigma_rels)
             if warmup is not None:
                 raise ValueError("warmup does not apply to power-function profiles (sigma_rels)")
-            self.sigma_rels: Optional[List[float]] = [float(s) for s in sigma_rels]
+            self.sigma_rels: Optional[List[float]] = sigma_rels
             self.gammas: Optional[List[float]] = [sigma_rel_to_gamma(s) for s in sigma_rels]
         else:
             self.sigma_rels = self.gammas = None
@@ -192,42 +341,38 @@ class EMA:
             raise TypeError(f"include_buffers must be a bool, got {type(include_buffers).__name__}")
         self.include_buffers = include_buffers
 
-        params, buffers, self._from_module = _named_tensors(model_or_params)
+        params, buffers, module = _named_tensors(model_or_params)
         if not params and not buffers:
             raise ValueError("model_or_params has no tensors to track")
+        self._from_module = module is not None
         self.step = 0
         self.num_updates = 0
-        # Averaged tensors: names, the model's tensors, and one shadow per profile.
-        self._avg_names: List[str] = []
-        self._avg_sources: List[torch.Tensor] = []
-        self._shadows: List[List[torch.Tensor]] = [[] for _ in range(self.num_profiles)]
-        # Copied tensors: names, the model's tensors, the copies.
-        self._copy_names: List[str] = []
-        self._copy_sources: List[torch.Tensor] = []
-        self._copies: List[torch.Tensor] = []
         tracked = params + (buffers if include_buffers else [])
-        with torch.no_grad():
-            for index, (name, t) in enumerate(tracked):
-                source = t.detach()
-                target_device = self.device or source.device
-                frozen = isinstance(t, nn.Parameter) and not t.requires_grad
-                if index < len(params) and t.is_floating_point() and not frozen:
-                    shadow_dtype = self._shadow_dtype(source, name)
-                    self._avg_names.append(name)
-                    self._avg_sources.append(t)
-                    for shadows in self._shadows:
-                        shadows.append(source.to(device=target_device, dtype=shadow_dtype, copy=True))
-                else:
-                    self._copy_names.append(name)
-                    self._copy_sources.append(t)
-                    self._copies.append(source.to(device=target_device, copy=True))
+        averaged = [i for i, (_, t) in enumerate(params) if t.is_floating_point()]
+        copied = [i for i in range(len(tracked)) if i >= len(params) or not params[i][1].is_floating_point()]
+        self._avg_names: List[str] = [tracked[i][0] for i in averaged]
+        self._copy_names: List[str] = [tracked[i][0] for i in copied]
         self._names = self._avg_names + self._copy_names
+        # The tensors as built from: a list's, or the module's now (followed by name from here on).
+        self._resolver = None if module is None else _NameResolver(
+            module, self._names, {n for n, _ in buffers} if include_buffers else set())
+        self._fixed_sources = None if module is not None else [tracked[i][1] for i in averaged + copied]
+        # One shadow per profile for every averaged tensor; one copy for every copied tensor.
+        self._shadows: List[List[torch.Tensor]] = [[] for _ in range(self.num_profiles)]
+        self._copies: List[torch.Tensor] = []
+        with torch.no_grad():
+            for i in averaged:
+                name, t = tracked[i]
+                source = local_tensor(t).detach()
+                shadow_dtype = self._shadow_dtype(source, name)
+                for shadows in self._shadows:
+                    shadows.append(source.to(device=self.device or source.device, dtype=shadow_dtype, copy=True))
+            for i in copied:
+                source = local_tensor(tracked[i][1]).detach()
+                self._copies.append(source.to(device=self.device or source.device, copy=True))
         self._stored: Optional[List[torch.Tensor]] = None
-        # One fused call per source device: (shadows flattened profile-major, sources).
-        self._update_groups = []
-        for indices in self._groups(self._avg_sources).values():
-            self._update_groups.append(([self._shadows[p][i] for p in range(self.num_profiles) for i in indices],
-                                        [self._avg_sources[i] for i in indices]))
+        self._plan_key = None  # (the tensors followed, which averaged ones are frozen) the plan was made for
+        self._plan = None
 
     def _shadow_dtype(self, weight: torch.Tensor, name: str) -> torch.dtype:
         if self.dtype is None:
@@ -255,43 +400,74 @@ class EMA:
     def power_time(self, step: Optional[int] = None) -> int:
         """t of the power-function profiles at ``step`` (default: the last update's step):
         step - update_after_step, the number of averaging updates so far."""
-        return (self.step if step is None else int(step)) - self.update_after_step
+        return (self.step if step is None else check_int(step, "step", 0)) - self.update_after_step
 
     def decays_at(self, step: int) -> List[float]:
         """The decay of each profile at optimisation step ``step``."""
+        step = check_int(step, "step", 0)
         if self.gammas is not None:
-            t = self.power_time(step)
-            return [power_function_decay(t, g) for g in self.gammas]
-        return [ema_decay(step, self.decay, warmup=self.warmup, update_after_step=self.update_after_step,
-                          inv_gamma=self.inv_gamma, power=self.power, min_decay=self.min_decay)]
+            t = step - self.update_after_step
+            return [_power_function_decay(t, g) for g in self.gammas]
+        return [_scheduled_decay(step, self.decay, self.warmup, self.update_after_step, self.inv_gamma,
+                                 self.power, self.min_decay)]
+
+    def tracked_tensors(self) -> List[torch.Tensor]:
+        """The tensors the EMA follows now, in :attr:`names` order (a module's current tensors)."""
+        return self._resolver.current() if self._resolver is not None else list(self._fixed_sources)
+
+    def _current_plan(self):
+        """(averaged groups, frozen pairs, copied pairs) for the tensors followed now; rebuilt only
+        when a tensor was replaced or a parameter's requires_grad changed."""
+        sources = self.tracked_tensors()
+        n = len(self._avg_names)
+        frozen = [_is_frozen(t) for t in sources[:n]]
+        key = self._plan_key
+        if key is not None and frozen == key[1] and all(map(operator.is_, sources, key[0])):
+            return self._plan
+        locals_ = [local_tensor(t).detach() for t in sources]
+        for name, t, ours in zip(self._names, locals_, [s for s in self._shadows[0]] + self._copies):
+            if t.shape != ours.shape:
+                raise ValueError(f"the model's tensor {name} has shape {tuple(t.shape)} now, the EMA's is "
+                                 f"{tuple(ours.shape)}: build the EMA after the model is wrapped or resized")
+        for name, t in zip(self._avg_names, locals_[:n]):
+            if not t.is_floating_point():
+                raise TypeError(f"the model's tensor {name} is {t.dtype} now; the EMA averages it as a float tensor")
+        groups: Dict[torch.device, List[int]] = {}
+        for i in range(n):
+            if not frozen[i]:
+                groups.setdefault(locals_[i].device, []).append(i)
+        averaged = [([self._shadows[p][i] for p in range(self.num_profiles) for i in indices],
+                     [locals_[i] for i in indices]) for indices in groups.values()]
+        frozen_pairs = [([shadows[i] for shadows in self._shadows], locals_[i]) for i in range(n) if frozen[i]]
+        copied = list(zip(self._copies, locals_[n:]))
+        self._plan = (averaged, frozen_pairs, copied)
+        self._plan_key = (sources, frozen)
+        return self._plan
 
     @eager_under_compile
     @torch.no_grad()
     def update(self, step: Optional[int] = None) -> None:
         """Average the current weights into every profile (one fused call per device) and copy
-        the copied tensors. ``step``: the optimisation step just taken (default: the previous
-        update's step + 1), which sets the decays.
+        the copied tensors (and the parameters that do not require grad now). ``step``: the
+        optimisation step just taken (default: the previous update's step + 1), which sets the
+        decays.
 
         Inside a torch.compile'd training step this runs eagerly (a graph break), because the step
         count and the decays change at every call and would otherwise recompile the graph each
         step; the update itself is one fused kernel call either way."""
         step = self.step + 1 if step is None else check_int(step, "step", 0)
         decays = self.decays_at(step)
-        for shadows, sources in self._update_groups:
+        averaged, frozen, copied = self._current_plan()
+        for shadows, sources in averaged:
             if sources[0].device != shadows[0].device:  # device= keeps the shadows elsewhere
                 sources = [s.to(shadows[0].device) for s in sources]
             run_ema_update(shadows, sources, decays, None)
-        for copy, source in zip(self._copies, self._copy_sources):
-            copy.copy_(source)
+        targets = [shadow for shadows, _ in frozen for shadow in shadows] + [c for c, _ in copied]
+        if targets:
+            values = [source for shadows, source in frozen for _ in shadows] + [s for _, s in copied]
+            torch._foreach_copy_(targets, values)
         self.step = step
         self.num_updates += 1
-
-    @staticmethod
-    def _groups(sources: List[torch.Tensor]) -> Dict[torch.device, List[int]]:
-        groups: Dict[torch.device, List[int]] = {}
-        for i, s in enumerate(sources):
-            groups.setdefault(s.device, []).append(i)
-        return groups
 
     # ------------------------------------------------------------------------------ applying
 
@@ -308,24 +484,30 @@ class EMA:
         raise ValueError(f"profile {profile} is not one of the tracked sigma_rels {self.sigma_rels}")
 
     def _targets(self, model) -> List[torch.Tensor]:
-        """The tensors of ``model`` matching the tracked names (model=None: the tracked ones)."""
+        """The tensors (local shards) of ``model`` matching the tracked names, checked to have
+        the shadows' shapes (model=None: the tracked ones)."""
         if model is None:
-            return self._avg_sources + self._copy_sources
-        if isinstance(model, nn.Module):
-            found = dict(model.named_parameters())
-            found.update(model.named_buffers())
+            targets = self.tracked_tensors()
+        elif isinstance(model, nn.Module):
+            inner = unwrap_model(model)
+            found = dict(inner.named_parameters())
+            found.update(inner.named_buffers())
             missing = [n for n in self._names if n not in found]
             if missing:
                 raise ValueError(f"model has no tensor named {missing[:5]}{' ...' if len(missing) > 5 else ''}")
             targets = [found[n] for n in self._names]
         else:
+            if self._from_module:
+                raise ValueError("model must be an nn.Module (or None): this EMA was built from a module and "
+                                 "matches tensors by name, which a list of tensors does not have")
             params, _, _ = _named_tensors(model)
+            if len(params) != len(self._names):
+                raise ValueError(f"model must be the {len(self._names)} tensors the EMA was built from, in "
+                                 f"order, or an nn.Module; got {len(params)} tensors")
             by_name = dict(params)
-            if self._from_module or len(params) != len(self._names):
-                raise ValueError(f"model must be an nn.Module or the {len(self._names)} tensors the EMA was "
-                                 f"built from, in order; got {len(params)} tensors")
             targets = [by_name[n] for n in self._names]
-        for name, t, ours in zip(self._names, targets, self._avg_sources + self._copy_sources):
+        targets = [local_tensor(t) for t in targets]
+        for name, t, ours in zip(self._names, targets, self._shadows[0] + self._copies):
             if t.shape != ours.shape:
                 raise ValueError(f"model tensor {name} has shape {tuple(t.shape)}, expected {tuple(ours.shape)}")
         return targets
@@ -333,8 +515,9 @@ class EMA:
     @torch.no_grad()
     def copy_to(self, model=None, profile: Union[int, float] = 0) -> None:
         """Write a profile's averages (and the copied tensors) into ``model``: an nn.Module
-        (matched by name), the tensors the EMA was built from (in order), or None (the tracked
-        tensors themselves). ``profile``: an index, or one of the sigma_rels."""
+        (matched by name; a wrapper's inner model), the tensors the EMA was built from (in
+        order; only for an EMA built from a list), or None (the tracked tensors themselves).
+        ``profile``: an index, or one of the sigma_rels."""
         p = self._profile_index(profile)
         targets = self._targets(model)
         for target, value in zip(targets, self._shadows[p] + self._copies):
@@ -373,9 +556,11 @@ class EMA:
     # ------------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict:
-        """The EMA's state: counters, profiles, averages (one {name: tensor} per profile) and
-        copies. Tensors are references (as in nn.Module.state_dict); torch.save/torch.load with
-        weights_only=True round-trip it."""
+        """The EMA's state: counters, profiles, averages (one {name: tensor} per profile; every
+        floating parameter, frozen ones included) and copies (buffers, non-floating parameters).
+        Tensors are references (as in nn.Module.state_dict); torch.save/torch.load with
+        weights_only=True round-trip it. Version 1 states (frozen parameters under "copied")
+        load too."""
         return {
             "version": STATE_VERSION,
             "step": self.step,
@@ -385,53 +570,63 @@ class EMA:
             "copied": dict(zip(self._copy_names, self._copies)),
         }
 
-    def _check_state(self, state) -> None:
+    def upgraded(self, state):
+        """A version-1 state as version 2 (:meth:`upgraded_tensors`); other states as they are."""
+        if not isinstance(state, Mapping) or state.get("version") != 1:
+            return state
+        averaged, copied = self.upgraded_tensors(state.get("averaged"), state.get("copied"))
+        return {**state, "version": STATE_VERSION, "averaged": averaged, "copied": copied}
+
+    def upgraded_tensors(self, averaged, copied):
+        """(averaged, copied) of a state or snapshot saved before version 2, where a frozen
+        parameter was kept once under "copied": its value becomes its shadow in every profile.
+        Anything malformed is returned as it is, for the checks to name."""
+        if not (isinstance(averaged, Sequence) and not isinstance(averaged, (str, bytes))
+                and isinstance(copied, Mapping) and all(isinstance(a, Mapping) for a in averaged)):
+            return averaged, copied
+        moved = {n: copied[n] for n in self._avg_names if n in copied and all(n not in a for a in averaged)}
+        return [{**a, **moved} for a in averaged], {n: v for n, v in copied.items() if n not in moved}
+
+    def check_tensors(self, averaged, copied, where: str) -> None:
+        """TypeError/ValueError unless ``averaged`` (one dict per profile) and ``copied`` hold
+        exactly this EMA's tensors, shapes and kinds (see :func:`check_state_tensors`)."""
+        if isinstance(averaged, (str, bytes, Mapping)) or not isinstance(averaged, Sequence) \
+                or len(averaged) != self.num_profiles:
+            raise ValueError(f"{where}['averaged'] must be a list of {self.num_profiles} dicts")
+        for p, shadows in enumerate(averaged):
+            check_state_tensors(shadows, f"{where}['averaged'][{p}]", self._avg_names, self._shadows[p], True)
+        check_state_tensors(copied, f"{where}['copied']", self._copy_names, self._copies, False)
+
+    def same_sigma_rels(self, theirs) -> bool:
+        """Whether ``theirs`` (from a state or snapshot) are this EMA's sigma_rels (None for none)."""
+        return (theirs is None and self.sigma_rels is None) or (
+            isinstance(theirs, Sequence) and not isinstance(theirs, (str, bytes)) and self.sigma_rels is not None
+            and len(theirs) == len(self.sigma_rels)
+            and all(isinstance(a, numbers.Real) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=1e-9)
+                    for a, b in zip(theirs, self.sigma_rels)))
+
+    def check_state(self, state) -> None:
+        """TypeError/ValueError unless ``state`` is a valid :meth:`state_dict` for this EMA (nothing changes)."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state).__name__}")
         for key in ("version", "step", "num_updates", "sigma_rels", "averaged", "copied"):
             if key not in state:
                 raise ValueError(f"state_dict is missing {key!r}")
         if state["version"] != STATE_VERSION:
-            raise ValueError(f"state_dict has version {state['version']!r}, expected {STATE_VERSION}")
+            raise ValueError(f"state_dict has version {state['version']!r}, expected {STATE_VERSION} (or 1)")
         check_int(state["step"], "state_dict['step']", 0)
         check_int(state["num_updates"], "state_dict['num_updates']", 0)
-        theirs = state["sigma_rels"]
-        same_profiles = (theirs is None and self.sigma_rels is None) or (
-            theirs is not None and self.sigma_rels is not None and len(theirs) == len(self.sigma_rels)
-            and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(theirs, self.sigma_rels)))
-        if not same_profiles:
-            raise ValueError(f"state_dict has sigma_rels {theirs}, this EMA has {self.sigma_rels}")
-        averaged = state["averaged"]
-        if not isinstance(averaged, Sequence) or len(averaged) != self.num_profiles:
-            raise ValueError(f"state_dict['averaged'] must be a list of {self.num_profiles} dicts")
-        for p, shadows in enumerate(averaged):
-            self._check_tensors(shadows, f"state_dict['averaged'][{p}]", self._avg_names, self._shadows[p], True)
-        self._check_tensors(state["copied"], "state_dict['copied']", self._copy_names, self._copies, False)
-
-    @staticmethod
-    def _check_tensors(given, where: str, names: List[str], ours: List[torch.Tensor], floating: bool) -> None:
-        if not isinstance(given, Mapping):
-            raise TypeError(f"{where} must be a dict of tensors, got {type(given).__name__}")
-        missing = [n for n in names if n not in given]
-        unexpected = [n for n in given if n not in set(names)]
-        if missing or unexpected:
-            raise ValueError(f"{where}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-        for name, mine in zip(names, ours):
-            value = given[name]
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{where}[{name!r}] must be a tensor, got {type(value).__name__}")
-            if value.shape != mine.shape:
-                raise ValueError(f"{where}[{name!r}] has shape {tuple(value.shape)}, expected {tuple(mine.shape)}")
-            if floating and not value.is_floating_point():
-                raise TypeError(f"{where}[{name!r}] must be a float tensor, got {value.dtype}")
-            if not floating and value.dtype != mine.dtype:
-                raise TypeError(f"{where}[{name!r}] is {value.dtype}, expected {mine.dtype}")
+        if not self.same_sigma_rels(state["sigma_rels"]):
+            raise ValueError(f"state_dict has sigma_rels {state['sigma_rels']}, this EMA has {self.sigma_rels}")
+        self.check_tensors(state["averaged"], state["copied"], "state_dict")
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping) -> None:
-        """Load a :meth:`state_dict`. Everything is checked first (keys, profiles, shapes,
-        dtypes); on any error nothing is changed (ValueError/TypeError)."""
-        self._check_state(state)
+        """Load a :meth:`state_dict`. Everything is checked first (keys, version, profiles,
+        counters, and each tensor's type, shape, dtype, layout and device: a real device, not
+        meta); on any error nothing is changed (ValueError/TypeError)."""
+        state = self.upgraded(state)
+        self.check_state(state)
         for p, shadows in enumerate(state["averaged"]):
             for name, mine in zip(self._avg_names, self._shadows[p]):
                 mine.copy_(shadows[name])
@@ -466,3 +661,31 @@ class EMA:
             f"decay={self.decay}, warmup={self.warmup!r}"
         return (f"EMA({profiles}, averaged={len(self._avg_names)}, copied={len(self._copy_names)}, "
                 f"step={self.step})")
+
+
+def check_state_tensors(given, where: str, names: List[str], ours: List[torch.Tensor], floating: bool) -> None:
+    """TypeError/ValueError naming ``where[name]`` unless ``given`` maps exactly ``names`` to dense
+    tensors on a real device (not meta) with the shapes of ``ours``, floating (``floating``) or of
+    ``ours``' dtypes: what a state's tensors must be for copy_ into ``ours`` to succeed."""
+    if not isinstance(given, Mapping):
+        raise TypeError(f"{where} must be a dict of tensors, got {type(given).__name__}")
+    missing = [n for n in names if n not in given]
+    unexpected = [n for n in given if n not in set(names)]
+    if missing or unexpected:
+        raise ValueError(f"{where}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    for name, mine in zip(names, ours):
+        value = given[name]
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where}[{name!r}] must be a tensor, got {type(value).__name__}")
+        if value.layout != torch.strided or value.is_quantized:
+            raise TypeError(f"{where}[{name!r}] must be a dense (strided) tensor, got {value.layout}")
+        if value.device.type == "meta":
+            raise ValueError(f"{where}[{name!r}] is a meta tensor (no data)")
+        if type(value) not in (torch.Tensor, nn.Parameter):
+            raise TypeError(f"{where}[{name!r}] must be a plain torch.Tensor, got {type(value).__name__}")
+        if value.shape != mine.shape:
+            raise ValueError(f"{where}[{name!r}] has shape {tuple(value.shape)}, expected {tuple(mine.shape)}")
+        if floating and not value.is_floating_point():
+            raise TypeError(f"{where}[{name!r}] must be a float tensor, got {value.dtype}")
+        if not floating and value.dtype != mine.dtype:
+            raise TypeError(f"{where}[{name!r}] is {value.dtype}, expected {mine.dtype}")

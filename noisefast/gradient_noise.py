@@ -12,6 +12,7 @@ from ._compile import eager_under_compile
 from ._checks import check_int, check_real
 from .magnitude import check_step
 from .ops.foreach_gaussian_noise import foreach_gaussian_noise_
+from .random import check_generator_state
 
 __all__ = ["GradientNoise"]
 
@@ -123,20 +124,33 @@ class GradientNoise:
         return sigma
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"t": self.t, "eta": self.eta, "gamma": self.gamma}
+        """{"t", "eta", "gamma", "generator"}: "generator" is the generator's state
+        (``torch.Generator.get_state()``, a uint8 CPU tensor) when one was given, else None, so a
+        run resumed with ``generator=`` draws the noise the uninterrupted run would have drawn."""
+        return {"t": self.t, "eta": self.eta, "gamma": self.gamma,
+                "generator": self.generator.get_state() if self.generator is not None else None}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore t, eta and gamma; everything is validated before anything changes."""
+        """Restore t, eta, gamma and the generator's state; everything is validated before anything
+        changes. A state without "generator" (saved before it was kept) leaves the generator as it is."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        keys = set(state_dict)
-        if keys != {"t", "eta", "gamma"}:
-            raise ValueError(f"state_dict must have exactly the keys 't', 'eta', 'gamma'; missing "
-                             f"{sorted({'t', 'eta', 'gamma'} - keys)}, unexpected {sorted(keys - {'t', 'eta', 'gamma'})}")
+        keys, required = set(state_dict), {"t", "eta", "gamma"}
+        if not required <= keys <= required | {"generator"}:
+            raise ValueError(f"state_dict must have the keys 't', 'eta', 'gamma' (and 'generator'); missing "
+                             f"{sorted(required - keys)}, unexpected {sorted(keys - required - {'generator'})}")
         t = check_int(state_dict["t"], "state_dict['t']", 0)
         eta = check_real(state_dict["eta"], "state_dict['eta']", nonnegative=True)
         gamma = check_real(state_dict["gamma"], "state_dict['gamma']", nonnegative=True)
+        generator_state = state_dict.get("generator")
+        if generator_state is not None:
+            if self.generator is None:
+                raise ValueError("state_dict['generator'] holds a generator state, but this GradientNoise has no "
+                                 "generator: build it with generator= to resume the same noise")
+            check_generator_state(generator_state, self.generator, "state_dict['generator']")
         self.t, self.eta, self.gamma = t, eta, gamma
+        if generator_state is not None:
+            self.generator.set_state(generator_state)
 
     def __repr__(self) -> str:
         return (f"GradientNoise({len(self.params)} tensors, eta={self.eta}, gamma={self.gamma}, t={self.t}, "

@@ -18,7 +18,6 @@ least-squares residual of the profiles, small when snapshots are dense.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Dict, List, Optional, Union
@@ -131,18 +130,46 @@ class PostHocEMA:
     def _load(self, record: dict) -> dict:
         if "data" in record:
             return record["data"]
-        return torch.load(record["path"], map_location=self.snapshot_device, weights_only=True)
+        data = torch.load(record["path"], map_location=self.snapshot_device, weights_only=True)
+        return self.check_snapshot(data, record["t"], f"snapshot file {record['path']!r}")
+
+    def check_snapshot(self, data, t: int, where: str) -> dict:
+        """``data`` (a snapshot of time ``t``, as :meth:`EMA.snapshot` makes), upgraded from a
+        version-1 layout if needed, or a TypeError/ValueError naming ``where``: the tracked
+        profiles, names, shapes and tensor kinds of this PostHocEMA's EMA."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"{where} must be a dict, got {type(data).__name__}")
+        for key in ("t", "sigma_rels", "averaged", "copied"):
+            if key not in data:
+                raise ValueError(f"{where} is missing {key!r}")
+        if data["t"] != t:
+            raise ValueError(f"{where} is the snapshot of t = {data['t']!r}, expected t = {t}")
+        if not self.ema.same_sigma_rels(data["sigma_rels"]):
+            raise ValueError(f"{where} has sigma_rels {data['sigma_rels']}, this PostHocEMA tracks {self.sigma_rels}")
+        averaged, copied = self.ema.upgraded_tensors(data["averaged"], data["copied"])
+        self.ema.check_tensors(averaged, copied, where)
+        return {**data, "averaged": averaged, "copied": copied}
+
+    def _check_time(self, t) -> int:
+        """``t`` as a snapshot time: None is the last one; any other t must be one."""
+        if not self._records:
+            raise ValueError("no snapshots yet: call update() (or snapshot()) first")
+        if t is None:
+            return self._records[-1]["t"]
+        t = check_int(t, "t", 1)
+        if t not in self.snapshot_times:
+            raise ValueError(f"t = {t} is not a snapshot time; reconstructions are made at the snapshot times "
+                             f"{self.snapshot_times}")
+        return t
 
     def coefficients(self, sigma_rel: float, t: Optional[int] = None) -> Dict[int, np.ndarray]:
         """{snapshot t: coefficient per tracked profile} of the reconstruction of ``sigma_rel``
-        at time ``t`` (default: the last snapshot), from the snapshots at times <= t."""
+        at time ``t``, a snapshot time (default: the last one), from the snapshots at times <= t.
+        Raises ValueError for a t that is not a snapshot time: the reconstruction is made at the
+        time of a snapshot, whose copied tensors (buffers) it uses, as EDM2 does."""
         sigma_rel_to_gamma(sigma_rel)  # validates
-        if not self._records:
-            raise ValueError("no snapshots yet: call update() (or snapshot()) first")
-        t_out = self._records[-1]["t"] if t is None else check_int(t, "t", 0)
+        t_out = self._check_time(t)
         used = [r for r in self._records if r["t"] <= t_out]
-        if not used:
-            raise ValueError(f"no snapshot at or before t = {t_out} (snapshots at {self.snapshot_times})")
         profiles = len(self.ema.sigma_rels)
         in_t = [r["t"] for r in used for _ in range(profiles)]
         in_sigma = [s for _ in used for s in self.ema.sigma_rels]
@@ -152,8 +179,8 @@ class PostHocEMA:
     @torch.no_grad()
     def reconstruct(self, sigma_rel: float, *, t: Optional[int] = None, dtype: torch.dtype = torch.float32,
                     accumulate_dtype: torch.dtype = torch.float64) -> Dict[str, torch.Tensor]:
-        """{name: tensor} of the EMA with ``sigma_rel`` at time ``t`` (default: the last
-        snapshot): sum over snapshots and profiles of coefficient * snapshot, summed in
+        """{name: tensor} of the EMA with ``sigma_rel`` at time ``t`` (a snapshot time; default:
+        the last snapshot): sum over snapshots and profiles of coefficient * snapshot, summed in
         ``accumulate_dtype`` (the coefficients alternate in sign and reach ~10^2, so float32
         sums lose digits), returned in ``dtype`` on ``snapshot_device``. Copied tensors (buffers,
         frozen parameters) come from the last snapshot used. Loads one snapshot at a time."""
@@ -189,32 +216,37 @@ class PostHocEMA:
                 "snapshots": [dict(r) for r in self._records]}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Load a :meth:`state_dict`; everything is checked first, nothing changes on error."""
+        """Load a :meth:`state_dict`; everything is checked first (the EMA's state; each snapshot
+        record: a time t >= 1 given once, in-memory data with this EMA's profiles, names and
+        shapes, or a file that exists), nothing changes on error."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state).__name__}")
         for key in ("ema", "snapshot_every", "snapshots"):
             if key not in state:
                 raise ValueError(f"state_dict is missing {key!r}")
-        self.ema._check_state(state["ema"])
-        every = check_int(state["snapshot_every"], "state_dict['snapshot_every']", 0)
-        if every == 0:
-            raise ValueError("state_dict['snapshot_every'] must be >= 1")
+        ema_state = self.ema.upgraded(state["ema"])
+        self.ema.check_state(ema_state)
+        every = check_int(state["snapshot_every"], "state_dict['snapshot_every']", 1)
         records = state["snapshots"]
-        if not isinstance(records, Sequence):
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
             raise TypeError("state_dict['snapshots'] must be a list")
+        checked, seen = [], set()
         for k, r in enumerate(records):
-            if not isinstance(r, Mapping) or "t" not in r or ("path" in r) == ("data" in r):
-                raise ValueError(f"state_dict['snapshots'][{k}] must be {{'t', 'path'}} or {{'t', 'data'}}")
-            check_int(r["t"], f"state_dict['snapshots'][{k}]['t']", 0)
+            where = f"state_dict['snapshots'][{k}]"
+            if not isinstance(r, Mapping) or "t" not in r or ("path" in r) == ("data" in r) or len(r) != 2:
+                raise ValueError(f"{where} must be {{'t', 'path'}} or {{'t', 'data'}}")
+            t = check_int(r["t"], f"{where}['t']", 1)
+            if t in seen:
+                raise ValueError(f"{where}: t = {t} is given twice (duplicate snapshots make the reconstruction "
+                                 "singular)")
+            seen.add(t)
             if "data" in r:
-                data = r["data"]
-                if not isinstance(data, Mapping) or len(data.get("averaged", ())) != len(self.ema.sigma_rels):
-                    raise ValueError(f"state_dict['snapshots'][{k}]['data'] does not hold "
-                                     f"{len(self.ema.sigma_rels)} profiles")
-                theirs = data.get("sigma_rels") or []
-                if len(theirs) != len(self.ema.sigma_rels) or not all(
-                        math.isclose(a, b, rel_tol=1e-9) for a, b in zip(theirs, self.ema.sigma_rels)):
-                    raise ValueError(f"state_dict['snapshots'][{k}] has sigma_rels {data['sigma_rels']}")
-        self.ema.load_state_dict(state["ema"])
+                checked.append({"t": t, "data": self.check_snapshot(r["data"], t, f"{where}['data']")})
+            else:
+                path = r["path"]
+                if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+                    raise ValueError(f"{where}['path']: snapshot file {path!r} does not exist")
+                checked.append({"t": t, "path": os.fspath(path)})
+        self.ema.load_state_dict(ema_state)
         self.snapshot_every = every
-        self._records = sorted((dict(r) for r in records), key=lambda r: r["t"])
+        self._records = sorted(checked, key=lambda r: r["t"])

@@ -39,3 +39,20 @@ def draw_seed(device: Union[torch.device, str], generator: Optional[torch.Genera
     draw_on = device if generator is None else generator.device
     seed = torch.randint(0, SEED_BOUND, (1,), dtype=torch.int64, device=draw_on, generator=generator)
     return seed.to(device, non_blocking=True)
+
+
+def check_generator_state(state, generator: torch.Generator, name: str) -> torch.Tensor:
+    """``state`` if ``generator.set_state(state)`` would succeed, else a TypeError/ValueError naming
+    ``name``; checked on a scratch generator of the same device, so ``generator`` is not changed."""
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.device.type != "cpu" \
+            or state.dim() != 1 or state.layout != torch.strided:
+        raise TypeError(f"{name} must be a 1-d uint8 CPU tensor (torch.Generator.get_state()), got "
+                        f"{state.dtype if isinstance(state, torch.Tensor) else type(state).__name__}")
+    if state.numel() != generator.get_state().numel():
+        raise ValueError(f"{name} holds {state.numel()} bytes, a {generator.device} generator's state "
+                         f"holds {generator.get_state().numel()}")
+    try:
+        torch.Generator(device=generator.device).set_state(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{name} is not a valid {generator.device} generator state: {exc}") from None
+    return state

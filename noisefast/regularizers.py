@@ -10,7 +10,7 @@ from ._checks import check_float_tensor, check_nonnegative_number, check_nonnega
 from ._compile import eager_under_compile
 from .magnitude import check_schedule, check_step
 from .ops.gaussian_noise import gaussian_noise, gaussian_noise_op, noise_scale
-from .random import draw_seed
+from .random import check_generator_state, draw_seed
 
 __all__ = ["ScheduledNoise", "GaussianNoise", "set_noise_step"]
 
@@ -40,6 +40,7 @@ class ScheduledNoise(nn.Module):
 
     def __init__(self, std: Union[float, torch.Tensor], schedule=None):
         super().__init__()
+        self.generator: Optional[torch.Generator] = None  # subclasses that draw noise may set one
         if isinstance(std, torch.Tensor):
             _check_std_tensor(std)
             self.register_buffer("std", std.detach().clone())
@@ -127,18 +128,38 @@ class ScheduledNoise(nn.Module):
             missing_keys.remove(extra_key)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        return {"num_steps": self.num_steps}
+        """{"num_steps"}, and "generator": the state of the module's generator when it has one (so
+        a run resumed with ``generator=`` draws the noise the uninterrupted run would have)."""
+        state: Dict[str, Any] = {"num_steps": self.num_steps}
+        generator = getattr(self, "generator", None)
+        if generator is not None:
+            state["generator"] = generator.get_state()
+        return state
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.num_steps = self._check_extra_state(state)
+        step, generator_state = self._check_extra_state(state)
+        self.num_steps = step
+        if generator_state is not None:
+            self.generator.set_state(generator_state)
 
-    def _check_extra_state(self, state) -> int:
+    def _check_extra_state(self, state):
+        """(num_steps, generator state or None) of a checked extra state; nothing is changed."""
         if not isinstance(state, dict) or "num_steps" not in state:
             raise ValueError(f"{type(self).__name__} state must be a dict with 'num_steps', got {state!r}")
+        unexpected = set(state) - {"num_steps", "generator"}
+        if unexpected:
+            raise ValueError(f"{type(self).__name__} state has unexpected keys {sorted(unexpected)}")
         step = check_step(state["num_steps"])
         if self.schedule is not None:
             check_nonnegative_number(self.schedule(step), "schedule(step)")
-        return step
+        generator_state = state.get("generator")
+        if generator_state is not None:
+            generator = getattr(self, "generator", None)
+            if generator is None:
+                raise ValueError(f"the {type(self).__name__} state holds a generator state, but this module has no "
+                                 "generator: build it with generator= to resume the same noise")
+            check_generator_state(generator_state, generator, f"{type(self).__name__} state['generator']")
+        return step, generator_state
 
     def _std_repr(self) -> str:
         std = self.std if not isinstance(self.std, torch.Tensor) else f"tensor{tuple(self.std.shape)}"

@@ -15,6 +15,20 @@ import pytest  # noqa: E402
 import noisefast  # noqa: E402,F401
 from noisefast import _library  # noqa: E402
 
+try:  # the property-based tests (tests/test_properties.py)
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover - hypothesis is in the `test` extra
+    settings = None
+if settings is not None:
+    # "ci": the same examples on every run (derandomized, no example database), sized so that the
+    # whole property suite takes well under two minutes on two cores. "thorough": for a long local run.
+    settings.register_profile("ci", derandomize=True, database=None, max_examples=60, deadline=None,
+                              print_blob=True, suppress_health_check=[HealthCheck.too_slow,
+                                                                      HealthCheck.data_too_large])
+    settings.register_profile("thorough", max_examples=2000, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile(os.environ.get("NOISEFAST_HYPOTHESIS_PROFILE", "ci"))
+
 
 def pytest_collection_modifyitems(config, items):
     # `triton` tests run Triton kernels on CPU tensors, which only the interpreter can do; on a GPU

@@ -126,6 +126,24 @@ def test_fp64_and_one_shared_sigma(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("raw_dtype, x_dtype", [(torch.float16, torch.float32), (torch.float32, torch.bfloat16),
+                                                (torch.bfloat16, torch.float64)], ids=["fp16-fp32", "fp32-bf16", "bf16-fp64"])
+def test_mixed_dtypes_give_the_promoted_dtype(backend, raw_dtype, x_dtype):
+    """The result's dtype is torch.promote_types(raw, x), as documented, and the reference says the
+    same (issue #13 item 11: the docstrings said raw's dtype, and the reference returned it)."""
+    raw, x, sigma = _data((3, 2, 5), torch.float64, seed=6)
+    raw, x = raw.to(raw_dtype), x.to(x_dtype)
+    common = torch.promote_types(raw_dtype, x_dtype)
+    out = run_on(backend, consistency_output, raw, x, sigma)
+    want = ref.consistency_output(raw, x, sigma)
+    assert out.dtype == want.dtype == common
+    assert torch.equal(out, run_on(backend, consistency_output, raw.to(common), x.to(common), sigma))
+    assert_close(out.double(), want.double(), rtol=1e-6 if common != torch.bfloat16 else 1e-2, atol=1e-6,
+                 what="out")
+    assert "promote" in consistency_output.__doc__.split("Returns:")[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_low_precision_rule(backend, dtype):
     raw, x, sigma = _data((6, 3, 19, 23), dtype, seed=5)
@@ -263,6 +281,18 @@ def test_bad_arguments(kwargs, error, name):
     raw, x, sigma = args.pop("raw"), args.pop("x"), args.pop("sigma")
     with pytest.raises(error, match=name):
         consistency_output(raw, x, sigma, **args)
+
+
+@pytest.mark.parametrize("sigma", [-1.0, float("nan"), float("inf"), torch.tensor([1.0, -1.0]),
+                                   torch.tensor(float("nan"), dtype=torch.float64)],
+                         ids=["negative", "nan", "inf", "tensor-negative", "tensor-nan"])
+def test_scalings_reject_the_sigmas_the_output_rejects(sigma):
+    """issue #13 item 9: consistency_scalings(-1.0) returned values, consistency_output raised."""
+    with pytest.raises(ValueError, match="sigma"):
+        consistency_scalings(sigma)
+    with pytest.raises(ValueError, match="sigma"):
+        consistency_output(torch.zeros(2, 3), torch.zeros(2, 3), sigma if not isinstance(sigma, torch.Tensor)
+                           else sigma.expand(2) if sigma.dim() == 0 else sigma)
 
 
 @pytest.mark.triton

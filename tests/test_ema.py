@@ -124,7 +124,8 @@ def test_ema_class_matches_reference_loop():
     assert torch.equal(avg["bn.running_mean"], net.bn.running_mean)
     assert avg["bn.num_batches_tracked"].item() == net.bn.num_batches_tracked.item() == 29
     assert avg["bn.num_batches_tracked"].dtype == torch.int64
-    assert ema.names[:4] == ["lin.weight", "lin.bias", "bn.weight", "bn.bias"]
+    # Every floating parameter has shadows (frozen ones are copied into them while frozen).
+    assert ema.names[:5] == ["frozen", "lin.weight", "lin.bias", "bn.weight", "bn.bias"]
 
 
 def test_ema_without_buffers_and_explicit_steps():
@@ -319,3 +320,178 @@ def test_bad_state_dict_leaves_ema_unchanged(how):
     _assert_same_state(target, snap)
     with pytest.raises(TypeError, match="mapping"):
         target.load_state_dict([1, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# Following the module (issue #13, items 1, 3, 5, 9, 11)
+
+
+def _assign_fresh_weights(net):
+    net.load_state_dict({k: torch.randn_like(v) if v.is_floating_point() else v
+                         for k, v in net.state_dict().items()}, assign=True)
+
+
+@pytest.mark.parametrize("how", ["assign", "setattr", "to_empty", "submodule"])
+def test_ema_follows_the_module_tensors_by_name(how):
+    """An update averages the tensors the module holds now, not the Parameter objects it was built
+    from (before: load_state_dict(assign=True) left the EMA averaging the old tensors)."""
+    torch.manual_seed(30)
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    ema = EMA(net, decay=0.0)
+    if how == "assign":
+        _assign_fresh_weights(net)
+    elif how == "setattr":
+        net[0].weight = nn.Parameter(torch.randn(4, 4))
+    elif how == "to_empty":
+        net.to_empty(device="cpu")
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn_like(p))
+    else:
+        net[0] = nn.Linear(4, 4)
+    ema.update()
+    avg = ema.averaged()
+    for name, t in list(net.named_parameters()) + list(net.named_buffers()):
+        assert torch.equal(avg[name], t.detach().to(avg[name].dtype)), name
+    # copy_to(None) writes into the current tensors too
+    ema2 = EMA(net, decay=0.0)
+    net[0].bias = nn.Parameter(torch.full((4,), 7.0))
+    ema2.copy_to()
+    assert torch.equal(net[0].bias.detach(), ema2.averaged()["0.bias"])
+
+
+def test_ema_follow_rejects_a_replaced_tensor_of_another_shape():
+    net = nn.Linear(4, 4)
+    ema = EMA(net)
+    net.weight = nn.Parameter(torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="weight"):
+        ema.update()
+    del net.weight
+    with pytest.raises(ValueError, match="weight"):
+        ema.update()
+
+
+def test_ema_follow_costs_no_rebuild_when_nothing_changed():
+    net = nn.Sequential(*[nn.Linear(3, 3) for _ in range(4)])
+    ema = EMA(net)
+    ema.update()
+    plan = ema._plan
+    ema.update()
+    assert ema._plan is plan
+    net[2].weight.requires_grad_(False)
+    ema.update()
+    assert ema._plan is not plan
+
+
+def test_frozen_flag_is_read_at_every_update():
+    """diffusers' EMAModel copies a parameter that does not require grad *at that step*, and
+    averages it once it is unfrozen (before: decided once, at construction)."""
+    net = nn.Linear(3, 2)
+    net.weight.requires_grad_(False)
+    ema = EMA(net, decay=0.5)
+    ema.update()  # u = 0: copies everything
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+        net.bias.fill_(2.0)
+    before_bias = ema.averaged()["bias"].clone()
+    ema.update(step=5)
+    assert torch.equal(ema.averaged()["weight"], net.weight.detach())  # frozen: copied
+    assert torch.equal(ema.averaged()["bias"], before_bias.lerp(torch.full((2,), 2.0), 0.5))
+    net.weight.requires_grad_(True)  # unfrozen: averaged from now on
+    with torch.no_grad():
+        net.weight.fill_(4.0)
+    ema.update(step=6)
+    assert torch.equal(ema.averaged()["weight"], torch.full((2, 3), 3.0))
+    net.bias.requires_grad_(False)  # frozen later: copied
+    ema.update(step=7)
+    assert torch.equal(ema.averaged()["bias"], net.bias.detach())
+
+
+def test_ema_of_a_compiled_model_uses_the_inner_names():
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    compiled = torch.compile(net)
+    ema = EMA(compiled, decay=0.5)
+    assert ema.names == EMA(net).names and all(not n.startswith("_orig_mod") for n in ema.names)
+    assert set(ema.state_dict()["averaged"][0]) == {n for n, _ in net.named_parameters()}
+    ema.update()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    ema.store(compiled)
+    ema.copy_to(compiled)
+    assert torch.equal(net[0].weight.detach(), ema.averaged()["0.weight"])
+    ema.restore(compiled)
+    ema.copy_to(net)  # the bare model matches the same names
+    other = EMA(net, decay=0.5)
+    other.load_state_dict(ema.state_dict())
+
+
+def test_copy_to_a_parameter_list_of_a_module_ema_names_the_cause():
+    net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    ema = EMA(net)
+    with pytest.raises(ValueError, match="built from a module"):
+        ema.copy_to(net.parameters())
+
+
+def test_version_1_state_dict_loads():
+    net = Net()
+    ema = EMA(net, sigma_rels=(0.05, 0.10))
+    train_step(net, 1)
+    ema.update()
+    state = ema.state_dict()
+    v1 = {**state, "version": 1, "averaged": [{k: v for k, v in a.items() if k != "frozen"}
+                                              for a in state["averaged"]],
+          "copied": {**state["copied"], "frozen": net.frozen.detach().clone()}}
+    fresh = EMA(Net(), sigma_rels=(0.05, 0.10))
+    fresh.load_state_dict(v1)
+    for p in range(2):
+        assert torch.equal(fresh.averaged(p)["frozen"], net.frozen)
+        assert torch.equal(fresh.averaged(p)["lin.weight"], ema.averaged(p)["lin.weight"])
+
+
+@pytest.mark.parametrize("how", ["meta", "sparse", "subclass"])
+def test_state_dict_tensor_kinds_are_checked_before_any_write(how):
+    """Before: a meta tensor in the state raised after earlier shadows were overwritten."""
+    net = Net()
+    source = EMA(net, decay=0.5)
+    train_step(net, 1)
+    source.update()
+    target = EMA(Net(), decay=0.5)
+    snap = _ema_snapshot(target)
+    state = source.state_dict()
+    state = {**state, "averaged": [dict(state["averaged"][0])]}
+    last = target._avg_names[-1]
+    value = state["averaged"][0][last]
+    if how == "meta":
+        state["averaged"][0][last] = torch.empty_like(value, device="meta")
+    elif how == "sparse":
+        state["averaged"][0][last] = value.to_sparse()
+    else:
+        state["averaged"][0][last] = value.as_subclass(type("Other", (torch.Tensor,), {}))
+    with pytest.raises((ValueError, TypeError), match=last.replace(".", r"\.")):
+        target.load_state_dict(state)
+    _assert_same_state(target, snap)
+
+
+def test_schedule_argument_errors_name_the_argument():
+    with pytest.raises(ValueError, match="decay"):
+        ema_decay(10, decay=2.0)
+    with pytest.raises(ValueError, match="gamma"):
+        power_function_decay(5, -3)
+    with pytest.raises(TypeError, match="t"):
+        power_function_decay(2.5, 3)
+    with pytest.raises(TypeError, match=r"sigma_rels\[0\]"):
+        EMA(nn.Linear(2, 2), sigma_rels=["a"])
+    with pytest.raises(TypeError, match="sigma_rels"):
+        EMA(nn.Linear(2, 2), sigma_rels="0.05")
+    with pytest.raises(ValueError, match="warmup"):
+        EMA(nn.Linear(2, 2), warmup="bad")
+    with pytest.raises(ValueError, match="warmup"):
+        EMA(nn.Linear(2, 2), warmup=float("nan"))
+    ema = EMA(nn.Linear(2, 2), warmup=lambda u: float("nan"))
+    ema.update()
+    before = _ema_snapshot(ema)
+    with pytest.raises(ValueError, match=r"warmup\(1\)"):
+        ema.update()
+    _assert_same_state(ema, before)
+    with pytest.raises(ValueError, match="warmup"):
+        ema_decay(3, 0.9, warmup=lambda u: 1.5)

@@ -262,7 +262,21 @@ def _error_cases():
     ok_e = [torch.zeros(3), torch.zeros(4)]
     ok_x = [torch.ones(3), torch.ones(4)]
     shared = torch.zeros(8)
+    b = torch.arange(12.0)
+    e1, e2, w = torch.zeros(3), torch.zeros(3), torch.ones(3)
+    with torch.inference_mode():
+        inference = torch.zeros(3)
     cases = [
+        # A shadow sharing elements with a weight (issue #13 item 2: before, the CPU kernel gave
+        # [0.5, 1.25, 2.125, ...], a weight read while written; a weight that is another shadow gave
+        # results depending on sizes and threads).
+        ("shadow-overlaps-weight", [b[1:]], [b[:-1]], 0.5, ValueError,
+         r"ema_tensors\[0\] and tensors\[0\] share memory"),
+        ("weight-is-another-shadow", [e1, e2], [w, e1], 0.5, ValueError,
+         r"ema_tensors\[0\] and tensors\[1\] share memory"),
+        ("shadow-is-its-weight", [e1], [e1], 0.5, ValueError, r"ema_tensors\[0\] and tensors\[0\] share memory"),
+        # An inference tensor written outside inference_mode (torch's in-place ops raise; before: written).
+        ("inference-shadow", [e1, inference], [w, w], 0.5, RuntimeError, r"ema_tensors\[1\] is an inference tensor"),
         ("length", [torch.zeros(3)], ok_x, 0.9, ValueError, "ema_tensors"),
         ("shape", ok_e, [torch.ones(3), torch.ones(5)], 0.9, ValueError, r"ema_tensors\[1\]"),
         ("pairing", [torch.zeros(3), torch.zeros(4, dtype=torch.bfloat16)], ok_x, 0.9, TypeError,
@@ -487,3 +501,26 @@ def test_cuda_errors_and_cpu_shadow():
     gpu = EMA(net, sigma_rels=(0.05, 0.1))
     gpu.update()
     assert torch.equal(gpu.averaged(1)["weight"], net.weight.detach())
+
+
+def test_meta_tensors_are_checked_like_the_kernels():
+    """Meta tensors run the kernels' metadata checks (as torch's meta kernels do) and write nothing;
+    before, a bad call on meta tensors returned silently."""
+    meta = lambda *s, dtype=torch.float32: torch.empty(s, device="meta", dtype=dtype)  # noqa: E731
+    ema_update_([meta(3)], [meta(3)], 0.5)
+    ema_update_multi_([[meta(3)], [meta(3)]], [meta(3)], [0.5, 0.9])
+    with pytest.raises(ValueError, match=r"ema_tensors\[0\] has shape"):
+        ema_update_([meta(3)], [meta(4)], 0.5)
+    with pytest.raises(TypeError, match=r"ema_tensors\[0\]"):
+        ema_update_([meta(3, dtype=torch.bfloat16)], [meta(3)], 0.5)
+    with pytest.raises(ValueError, match=r"ema_lists\[1\]\[0\]"):
+        ema_update_multi_([[meta(3)], [meta(2)]], [meta(3)], [0.5, 0.9])
+    with pytest.raises(ValueError, match="decay"):
+        ema_update_([meta(3)], [meta(3)], torch.tensor([0.5, 0.5]))
+
+
+def test_inference_tensors_inside_inference_mode_are_updated():
+    with torch.inference_mode():
+        e, x = torch.zeros(3), torch.ones(3)
+        ema_update_([e], [x], 0.5)
+    assert torch.equal(e, torch.full((3,), 0.5))

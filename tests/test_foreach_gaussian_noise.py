@@ -367,3 +367,30 @@ def test_cuda_graph_capture_draws_new_noise_per_replay():
     ts[0].zero_()
     graph.replay()
     assert not torch.equal(first, ts[0]) and 0.8 < ts[0].std().item() < 1.2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_tensors_outside_inference_mode_raise_before_writing(backend):
+    """As torch's in-place ops do (before: the kernel wrote them)."""
+    with torch.inference_mode():
+        frozen = torch.zeros(3)
+    plain = torch.zeros(3)
+    with pytest.raises(RuntimeError, match=r"tensors\[1\] is an inference tensor"):
+        run_on(backend, foreach_gaussian_noise_, [plain, frozen], 1.0)
+    assert torch.equal(plain, torch.zeros(3)) and torch.equal(frozen, torch.zeros(3))
+    with torch.inference_mode():
+        run_on(backend, foreach_gaussian_noise_, [frozen], 1.0)
+    assert not torch.equal(frozen, torch.zeros(3))
+
+
+def test_meta_tensors_are_checked_like_the_kernels():
+    """Meta tensors: the kernels' metadata checks run (before: any call returned silently)."""
+    meta = torch.empty(3, device="meta")
+    foreach_gaussian_noise_([meta], 1.0)
+    assert foreach_gaussian_noise([meta], 1.0)[0].shape == (3,)
+    with pytest.raises(TypeError, match=r"tensors\[1\]"):
+        foreach_gaussian_noise_([meta, torch.empty(3, device="meta", dtype=torch.int64)], 1.0)
+    with pytest.raises(ValueError, match=r"tensors\[0\] has elements that share memory"):
+        foreach_gaussian_noise_([torch.empty(1, device="meta").expand(4)], 1.0)
+    with pytest.raises(ValueError, match="std"):
+        foreach_gaussian_noise_([meta], [1.0, 2.0])

@@ -100,6 +100,19 @@ def test_empty(backend):
     assert out.shape == (0, 3)
 
 
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("x_shape, std_shape", [((3, 0), (0,)), ((0, 4), (4,)), ((2, 0, 5), (0, 1)), ((0,), ())],
+                         ids=["empty-std", "empty-x", "empty-inner", "0-d-std"])
+def test_empty_x_with_a_broadcastable_std(backend, x_shape, std_shape):
+    """issue #13 item 11: gaussian_noise(torch.empty(3, 0), torch.ones(0)) raised "the std tensor is
+    empty" for a valid empty broadcast."""
+    std = torch.ones(std_shape, requires_grad=True)
+    out = run_on(backend, noisefast.gaussian_noise, torch.empty(x_shape), std)
+    assert out.shape == x_shape
+    out.sum().backward()
+    assert std.grad.shape == std_shape and not std.grad.any()
+
+
 def test_zero_std_is_exact_copy():
     x = torch.randn(100)
     out = noisefast.gaussian_noise(x, 0.0)

@@ -24,7 +24,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "noisefast"
 
-FOUNDATION = {"noisefast._dtypes", "noisefast._checks", "noisefast._layout", "noisefast._scalars",
+FOUNDATION = {"noisefast._dtypes", "noisefast._checks", "noisefast._list_operands", "noisefast._layout", "noisefast._scalars",
               "noisefast._compile", "noisefast._library", "noisefast.random", "noisefast._C"}
 ALLOWED = {
     "foundation": {"foundation"},

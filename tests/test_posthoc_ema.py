@@ -159,7 +159,77 @@ def test_errors():
         phema.update()
     with pytest.raises(ValueError, match="sigma_rel"):
         phema.reconstruct(0.4)
-    with pytest.raises(ValueError, match="no snapshot at or before"):
+    with pytest.raises(ValueError, match="not a snapshot time"):
         phema.reconstruct(0.1, t=3)
     with pytest.raises(ValueError, match="sigma_rels"):
         EMA(w, decay=0.9).snapshot()
+
+
+def _phema_state(directory=None):
+    _, phema, _ = run_training(20, steps=60, numel=50, directory=directory)
+    return phema, phema.state_dict()
+
+
+def _fresh():
+    return PostHocEMA([torch.zeros(50, dtype=torch.float64)], sigma_rels=(0.05, 0.10), dtype=None)
+
+
+@pytest.mark.parametrize("how", ["duplicate-t", "wrong-shape", "missing-tensor", "other-profiles", "t-zero",
+                                 "extra-key", "snapshot-every-zero"])
+def test_bad_state_is_rejected_on_load_and_changes_nothing(how):
+    """Before: wrong-shaped snapshots and duplicate t were accepted (NaN weights or a failure later)."""
+    _, state = _phema_state()
+    records = [dict(r) for r in state["snapshots"]]
+    data = dict(records[0]["data"])
+    if how == "duplicate-t":
+        records.append(dict(records[1]))
+    elif how == "wrong-shape":
+        data["averaged"] = [{"0": torch.zeros(49, dtype=torch.float64)}, data["averaged"][1]]
+        records[0]["data"] = data
+    elif how == "missing-tensor":
+        data["averaged"] = [{}, data["averaged"][1]]
+        records[0]["data"] = data
+    elif how == "other-profiles":
+        data["sigma_rels"] = [0.05, 0.2]
+        records[0]["data"] = data
+    elif how == "t-zero":
+        records[0]["t"] = 0
+    elif how == "extra-key":
+        records[0]["extra"] = 1
+    state = dict(state, snapshots=records)
+    if how == "snapshot-every-zero":
+        state["snapshot_every"] = 0
+    fresh = _fresh()
+    fresh.update()
+    fresh.snapshot()
+    before = (fresh.snapshot_times, fresh.ema.step, fresh.ema.averaged()["0"].clone())
+    with pytest.raises((ValueError, TypeError)):
+        fresh.load_state_dict(state)
+    assert (fresh.snapshot_times, fresh.ema.step) == before[:2]
+    assert torch.equal(fresh.ema.averaged()["0"], before[2])
+
+
+def test_missing_snapshot_file_is_rejected_on_load(tmp_path):
+    phema, state = _phema_state(directory=tmp_path)
+    (tmp_path / "phema-0000000040.pt").unlink()
+    fresh = _fresh()
+    with pytest.raises(ValueError, match="does not exist"):
+        fresh.load_state_dict(state)
+    assert fresh.snapshot_times == []
+
+
+def test_corrupted_snapshot_file_is_named_when_read(tmp_path):
+    phema, _ = _phema_state(directory=tmp_path)
+    torch.save({"t": 40, "sigma_rels": [0.05, 0.10], "averaged": [{"0": torch.zeros(3)}] * 2, "copied": {}},
+               tmp_path / "phema-0000000040.pt")
+    with pytest.raises(ValueError, match="phema-0000000040"):
+        phema.reconstruct(0.07)
+
+
+def test_reconstruct_at_a_time_that_is_not_a_snapshot_raises():
+    """Before: t between snapshots silently used the earlier ones, t past the end the last one."""
+    phema, _ = _phema_state()
+    for t in (30, 61, 1000):
+        with pytest.raises(ValueError, match="not a snapshot time"):
+            phema.reconstruct(0.07, t=t)
+    assert sorted(phema.coefficients(0.07, t=40)) == [20, 40]

@@ -359,6 +359,10 @@ def test_torch_compile_fullgraph():
     (dict(weight=torch.ones(3, 2)), ValueError, "weight"),
     (dict(weight=[1.0, 1.0, 1.0]), TypeError, "weight"),
     (dict(weight=torch.ones(3, dtype=torch.int64)), TypeError, "weight"),
+    # issue #13 item 9: NaN and negative weights were accepted
+    (dict(weight=torch.tensor([1.0, float("nan"), 1.0])), ValueError, "weight"),
+    (dict(weight=torch.tensor([1.0, -0.5, 1.0])), ValueError, "weight"),
+    (dict(weight=torch.tensor([1.0, float("inf"), 1.0])), ValueError, "weight"),
     (dict(c=-0.1), ValueError, "c"),
     (dict(c=float("nan")), ValueError, "c"),
     (dict(c="big"), TypeError, "c"),

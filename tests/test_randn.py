@@ -168,6 +168,19 @@ def test_seeds_above_2_63_wrap_to_the_same_bits():
     assert_close(z, torch.tensor([normals_python(2 ** 64 - 1, 0, k) for k in range(8)]), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("seed, stream", [(2 ** 63, 0), (2 ** 64 - 1, 3), (5, 2 ** 63), (7, 2 ** 64 - 1)],
+                         ids=["seed-2^63", "seed-max", "stream-2^63", "stream-max"])
+def test_one_64_bit_range_on_every_backend(backend, seed, stream):
+    """issue #13 item 10: the reference rejected seeds >= 2^63, the CPU streams >= 2^63 ("must be
+    >= 0, got -9223..."), though both are documented as [0, 2^64)."""
+    z = run_on(backend, noisefast.randn, 6, seed=seed, stream=stream)
+    assert_close(z, torch.tensor([normals_python(seed, stream, k) for k in range(6)]), rtol=1e-6, atol=1e-6)
+    for bad in (dict(seed=2 ** 64, stream=stream), dict(seed=seed, stream=2 ** 64), dict(seed=seed, stream=-1)):
+        with pytest.raises(ValueError, match="seed" if bad["seed"] == 2 ** 64 else "stream"):
+            run_on(backend, noisefast.randn, 6, **bad)
+
+
 @pytest.fixture(scope="module")
 def million():
     return noisefast.randn(1_000_000, seed=2024).double()

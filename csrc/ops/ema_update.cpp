@@ -118,10 +118,26 @@ void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef
       pairing = this_pairing;
     }
   }
+  for (int64_t k = 0; k < profiles * n; ++k) {
+    check_not_inference(emas[k], [&] { return shadow_name(multi, k / n, k % n); });
+  }
   // A shadow listed twice (or two overlapping views) would be blended twice, and on CUDA by two
-  // blocks at once: a race.
-  check_no_shared_elements(emas, [&](int64_t k) { return shadow_name(multi, k / n, k % n); },
-                           "their common elements would be updated twice");
+  // blocks at once: a race. A shadow that shares elements with a weight (or with the decay tensor
+  // the kernel reads) would be read while it is written: results depending on sizes and threads.
+  std::vector<at::Tensor> operands(emas.begin(), emas.end());
+  operands.insert(operands.end(), tensors.begin(), tensors.end());
+  if (device_decay.defined()) operands.push_back(device_decay);
+  const int64_t written = profiles * n;
+  check_no_shared_elements(
+      operands, written,
+      [&](int64_t k) {
+        if (k < written) return shadow_name(multi, k / n, k % n);
+        return k < written + n ? "tensors[" + std::to_string(k - written) + "]" : std::string(decay_name);
+      },
+      [&](int64_t, int64_t j) {
+        return std::string(j < written ? "their common elements would be updated twice"
+                                       : "a shadow would be read while it is written");
+      });
   // Everything is checked: from here on nothing raises for a reason the user controls.
   for (int64_t i = 0; i < n; ++i) {
     at::Tensor x = tensors[i];

@@ -81,8 +81,16 @@ void with_operands(at::TensorList tensors, at::ArrayRef<double> stds, const std:
     }
   }
   if (in_place) {
-    check_no_shared_elements(tensors, [](int64_t i) { return "tensors[" + std::to_string(i) + "]"; },
-                             "their common elements would receive noise twice");
+    for (int64_t i = 0; i < n; ++i) check_not_inference(tensors[i], [i] { return "tensors[" + std::to_string(i) + "]"; });
+    // The std tensor on the device is read by the kernel while the tensors are written.
+    std::vector<at::Tensor> operands(tensors.begin(), tensors.end());
+    if (device_std.defined()) operands.push_back(device_std);
+    check_no_shared_elements(
+        operands, n, [n](int64_t i) { return i < n ? "tensors[" + std::to_string(i) + "]" : std::string("std"); },
+        [n](int64_t, int64_t j) {
+          return std::string(j < n ? "their common elements would receive noise twice"
+                                   : "std would be read while the tensors are written");
+        });
   }
   // Everything is checked: from here on nothing raises for a reason the user controls.
   std::vector<at::Tensor> keep_alive;

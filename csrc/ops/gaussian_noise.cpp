@@ -25,7 +25,7 @@ at::Tensor scale_operand(const std::optional<at::Tensor>& scale, const at::Tenso
   if (!scale.has_value()) return at::Tensor();
   TORCH_CHECK(scale->device() == x.device(), "noisefast: std is on ", scale->device(), " but x is on ", x.device());
   at::Tensor s = scale->to(math_scalar_type(x.scalar_type())).contiguous();
-  TORCH_CHECK(s.numel() >= 1, "noisefast: the std tensor is empty");
+  TORCH_CHECK(s.numel() >= 1 || x.numel() == 0, "noisefast: the std tensor is empty");  // empty x: nothing is read
   return s;
 }
 

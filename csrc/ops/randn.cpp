@@ -14,14 +14,15 @@
 namespace noisefast {
 namespace {
 
-void check_randn_out(const at::Tensor& out, int64_t stream, int64_t offset) {
+// stream is any 64-bit stream number: the schema's int64 carries its bits (streams >= 2^63 arrive
+// negative), and the kernels take them as uint64.
+void check_randn_out(const at::Tensor& out, int64_t offset) {
   TORCH_CHECK(out.is_contiguous(), "noisefast: randn_out needs a contiguous output");
-  check_nonnegative(stream, "stream");
   check_nonnegative(offset, "offset");
 }
 
 void randn_out_cpu(at::Tensor& out, const at::Tensor& seed, int64_t stream, int64_t offset) {
-  check_randn_out(out, stream, offset);
+  check_randn_out(out, offset);
   cpu::randn(out, read_seed_on_cpu(seed), static_cast<uint64_t>(stream), static_cast<uint64_t>(offset));
 }
 
@@ -36,7 +37,7 @@ void philox_words_out_cpu(at::Tensor& out, const at::Tensor& seed, int64_t strea
 
 #if NOISEFAST_WITH_CUDA
 void randn_out_cuda(at::Tensor& out, const at::Tensor& seed, int64_t stream, int64_t offset) {
-  check_randn_out(out, stream, offset);
+  check_randn_out(out, offset);
   check_seed_on(seed, out);
   const c10::cuda::CUDAGuard guard(out.device());
   cuda::check_launch(cuda::launch_randn(out.data_ptr(), dtype_of(out), out.numel(), seed.data_ptr<int64_t>(),

@@ -45,8 +45,9 @@ bool elements_intersect(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
-void check_no_shared_elements(at::TensorList tensors, const std::function<std::string(int64_t)>& name_of,
-                              const char* consequence) {
+void check_no_shared_elements(at::TensorList tensors, int64_t num_written,
+                              const std::function<std::string(int64_t)>& name_of,
+                              const std::function<std::string(int64_t, int64_t)>& consequence) {
   std::vector<std::pair<std::pair<uintptr_t, uintptr_t>, int64_t>> spans;
   for (int64_t i = 0; i < static_cast<int64_t>(tensors.size()); ++i) {
     if (tensors[i].numel() > 0) spans.push_back({footprint(tensors[i]), i});
@@ -55,11 +56,12 @@ void check_no_shared_elements(at::TensorList tensors, const std::function<std::s
   for (size_t a = 0; a < spans.size(); ++a) {
     for (size_t b = a + 1; b < spans.size() && spans[b].first.first < spans[a].first.second; ++b) {
       const int64_t i = std::min(spans[a].second, spans[b].second), j = std::max(spans[a].second, spans[b].second);
+      if (i >= num_written) continue;  // two read operands
       const at::MemOverlapStatus status = at::get_overlap_status(tensors[i], tensors[j]);
       const bool shared = status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial ||
                           (status == at::MemOverlapStatus::TooHard &&
                            (same_view(tensors[i], tensors[j]) || elements_intersect(tensors[i], tensors[j])));
-      TORCH_CHECK_VALUE(!shared, name_of(i), " and ", name_of(j), " share memory: ", consequence);
+      TORCH_CHECK_VALUE(!shared, name_of(i), " and ", name_of(j), " share memory: ", consequence(i, j));
     }
   }
 }

@@ -5,8 +5,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cstdint>
+#include <string>
 
 #include "noisefast/dtype.h"
 
@@ -51,6 +53,15 @@ inline void check_seed_on(const at::Tensor& seed, const at::Tensor& like) {
   check_seed(seed);
   TORCH_CHECK(seed.device() == like.device(), "noisefast: seed is on ", seed.device(),
               " but the data is on ", like.device());
+}
+
+// An inference tensor may be written in place only inside InferenceMode (torch's in-place ops raise
+// the same error); name() is the user's name of t, built only when the check fails.
+template <typename Name>
+inline void check_not_inference(const at::Tensor& t, const Name& name) {
+  TORCH_CHECK(!t.is_inference() || c10::InferenceMode::is_enabled(), name(),
+              " is an inference tensor: in-place update outside InferenceMode is not allowed (clone it first, "
+              "as for torch's in-place ops)");
 }
 
 inline void check_nonnegative(int64_t value, const char* name) {

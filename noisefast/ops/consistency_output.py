@@ -142,8 +142,10 @@ def consistency_output(raw: torch.Tensor, x: torch.Tensor, sigma: Union[float, t
             when sigma equals sigma_min in the math dtype and raw is finite).
 
     Returns:
-        A new tensor of raw's shape and dtype (raw's layout when it is contiguous or
-        channels-last); arithmetic in float32 (float64 for float64 data).
+        A new tensor of raw's shape in the promoted dtype of raw and x
+        (``torch.promote_types(raw.dtype, x.dtype)``: raw's dtype when x has it; sigma's dtype does
+        not count), raw's layout when it is contiguous or channels-last; arithmetic in float32
+        (float64 for float64 data).
 
     Raises:
         TypeError: raw/x/sigma of a wrong type. ValueError: shapes or devices that do not match,
@@ -176,16 +178,24 @@ def consistency_scalings(sigma: Union[float, torch.Tensor], sigma_data: float = 
     c_in = 1 / sqrt(sigma^2 + sigma_data^2) (Song et al. 2023; iCT). Eager and tiny: for a model's
     input scaling (``net(c_in * x, sigma)``) or custom parameterisations. Floats for a number
     sigma, tensors (sigma's shape and dtype, differentiable) for a tensor sigma.
+
+    Raises:
+        TypeError: sigma not a number or a float tensor. ValueError: sigma negative or non-finite
+        (as :func:`consistency_output`; a tensor sigma is read on the host, except under
+        torch.compile and during CUDA-graph capture), sigma_data <= 0, sigma_min < 0.
     """
     sigma_data = check_real(sigma_data, "sigma_data", positive=True)
     sigma_min = check_real(sigma_min, "sigma_min", nonnegative=True)
     if isinstance(sigma, torch.Tensor):
         if not sigma.is_floating_point():
             raise TypeError(f"sigma must be a number or a float tensor, got {sigma.dtype}")
+        if not torch.compiler.is_compiling():
+            check_nonnegative_values(sigma.detach(), "sigma")
         sqrt = torch.sqrt
     elif isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
         raise TypeError(f"sigma must be a number or a float tensor, got {type(sigma).__name__}")
     else:
+        sigma = check_nonnegative_number(sigma, "sigma")
         sqrt = math.sqrt
     data2 = sigma_data * sigma_data
     shifted = sigma - sigma_min

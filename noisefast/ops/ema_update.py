@@ -26,6 +26,7 @@ from typing import List, Optional, Union
 import torch
 
 from .._library import Kernels
+from .._list_operands import check_decays, check_ema_operands
 
 Decay = Union[float, torch.Tensor]
 
@@ -47,7 +48,9 @@ def ema_update_op_(ema_tensors: List[torch.Tensor], tensors: List[torch.Tensor],
 
 @ema_update_op_.register_fake
 def _(ema_tensors, tensors, decay, decay_tensor):
-    return None
+    # Meta and fake tensors: the kernels' checks that read no data (torch's meta kernels raise too).
+    profiles = check_decays([] if decay_tensor is not None else [decay], decay_tensor, multi=False)
+    check_ema_operands(ema_tensors, tensors, profiles, multi=False)
 
 
 KERNELS = Kernels(ema_update_op_, public="ema_update_", reference="noisefast.reference.ema_update", cuda=True)
@@ -64,7 +67,7 @@ def ema_update_multi_op_(ema_lists: List[torch.Tensor], tensors: List[torch.Tens
 
 @ema_update_multi_op_.register_fake
 def _(ema_lists, tensors, decays, decay_tensor):
-    return None
+    check_ema_operands(ema_lists, tensors, check_decays(decays, decay_tensor, multi=True), multi=True)
 
 
 KERNELS_MULTI = Kernels(ema_update_multi_op_, public="ema_update_multi_",

@@ -30,6 +30,7 @@ import torch
 
 from .._checks import check_nonnegative_number
 from .._library import Kernels
+from .._list_operands import check_noise_operands, check_std_operands
 from ..random import draw_seed
 
 Std = Union[float, torch.Tensor, Sequence[float]]
@@ -49,7 +50,9 @@ def foreach_gaussian_noise_op_(tensors: List[torch.Tensor], seed: torch.Tensor, 
 
 @foreach_gaussian_noise_op_.register_fake
 def _(tensors, seed, stds, std_tensor):
-    return None
+    # Meta and fake tensors: the kernels' checks that read no data (torch's meta kernels raise too).
+    check_std_operands(tensors, stds, std_tensor)
+    check_noise_operands(tensors, in_place=True)
 
 
 KERNELS_ = Kernels(foreach_gaussian_noise_op_, public="foreach_gaussian_noise_",
@@ -66,6 +69,8 @@ def foreach_gaussian_noise_op(tensors: List[torch.Tensor], seed: torch.Tensor, s
 
 @foreach_gaussian_noise_op.register_fake
 def _(tensors, seed, stds, std_tensor):
+    check_std_operands(tensors, stds, std_tensor)
+    check_noise_operands(tensors, in_place=False)
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
 
 

@@ -51,7 +51,9 @@ def _backward(ctx, grad):
     seed, scale = ctx.saved_tensors
     grad_x = grad if ctx.needs_input_grad[0] else None
     grad_scale = None
-    if scale is not None and ctx.needs_input_grad[3]:
+    if scale is not None and ctx.needs_input_grad[3] and ctx.numel == 0:
+        grad_scale = torch.zeros_like(scale)  # an empty x: no noise, and a period that may be 0
+    elif scale is not None and ctx.needs_input_grad[3]:
         z = torch.empty(ctx.numel, dtype=torch.float32, device=grad.device)
         randn_out(z, seed, STREAM_NOISE, 0)
         acc = math_dtype(grad.dtype)

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._checks import check_float_tensor, check_nonnegative_number
+from .._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
 from .._dtypes import math_dtype
 from .._layout import blocked_layout, sample_blocked_pair
 from .._library import Kernels
@@ -101,6 +101,8 @@ def _check_weight(weight, input: torch.Tensor) -> torch.Tensor:
                          f"got {tuple(weight.shape)}")
     if weight.device != input.device:
         raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+    if not torch.compiler.is_compiling():
+        check_nonnegative_values(weight.detach(), "weight")
     return weight.reshape(samples)
 
 
@@ -126,8 +128,10 @@ def pseudo_huber_loss(input: torch.Tensor, target: torch.Tensor, *, c: Optional[
         c: the pseudo-Huber constant, a number >= 0; default 0.00054 * sqrt(D) (iCT, Song &
             Dhariwal 2023; 0.02993 for 3x32x32). c = 0 gives the L2 norm (per sample) or the
             mean absolute error (per element), with gradient 0 where the difference is 0.
-        weight: optional per-sample weights, shape [B] (or [B, 1, ..., 1]), e.g. iCT's
-            1 / (sigma_{i+1} - sigma_i); it receives a gradient when it requires one.
+        weight: optional per-sample weights, shape [B] (or [B, 1, ..., 1]), finite and >= 0, e.g.
+            iCT's 1 / (sigma_{i+1} - sigma_i); it receives a gradient when it requires one. Its
+            values are read on the host (a synchronisation on CUDA), except under torch.compile and
+            during CUDA-graph capture.
         reduction: "mean" (sum_b weight_b d_b / B), "sum", or "none" (the [B] vector).
         per_sample: which form (above).
 
@@ -143,7 +147,7 @@ def pseudo_huber_loss(input: torch.Tensor, target: torch.Tensor, *, c: Optional[
     Raises:
         TypeError: input/target not float tensors, c not a number, weight not a float tensor.
         ValueError: target's or weight's shape or device does not match input, input is 0-d,
-            c negative or non-finite, reduction unknown.
+            c negative or non-finite, weight negative or non-finite, reduction unknown.
     """
     check_float_tensor(input, "input")
     check_float_tensor(target, "target")

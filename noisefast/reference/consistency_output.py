@@ -54,14 +54,15 @@ def consistency_output(raw: torch.Tensor, x: torch.Tensor, sigma, *, sigma_data:
                        sigma_min: float = 0.002) -> torch.Tensor:
     """Eager specification of :func:`noisefast.consistency_output` (differentiable by autograd):
     c_skip(sigma) * x + c_out(sigma) * raw in the math dtype, sigma a number, a one-element tensor
-    or [B], returned in raw's dtype."""
-    dtype = math_dtype(raw.dtype)
+    or [B], returned in the promoted dtype of raw and x."""
+    common = torch.promote_types(raw.dtype, x.dtype)
+    dtype = math_dtype(common)
     if isinstance(sigma, torch.Tensor):
         sigma = sigma.to(dtype).reshape(-1)
     c_skip, c_out, _ = consistency_scalings(sigma, sigma_data, sigma_min)
     if isinstance(sigma, torch.Tensor):
         c_skip, c_out = c_skip.reshape(_per_sample_shape(raw)), c_out.reshape(_per_sample_shape(raw))
-    return (c_skip * x.to(dtype) + c_out * raw.to(dtype)).to(raw.dtype)
+    return (c_skip * x.to(dtype) + c_out * raw.to(dtype)).to(common)
 
 
 def consistency_output_forward(raw: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float,

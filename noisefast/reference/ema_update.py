@@ -20,7 +20,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .._dtypes import FLOAT_DTYPES, math_dtype
+from .._dtypes import math_dtype
+from .._list_operands import check_decay_tensor, check_ema_operands, shadow_name
 from .foreach_gaussian_noise import share_memory  # the kernels' rule (csrc/ops/shared_elements.cpp)
 
 
@@ -29,26 +30,10 @@ def lerp_weight(decay: float, shadow_dtype: torch.dtype) -> float:
     return torch.tensor(1.0 - float(decay), dtype=torch.float64).to(math_dtype(shadow_dtype)).item()
 
 
-def pairing_supported(shadow_dtype: torch.dtype, weight_dtype: torch.dtype) -> bool:
-    """A shadow has its weight's dtype, or is float32 for a float16/bfloat16 weight."""
-    if shadow_dtype not in FLOAT_DTYPES or weight_dtype not in FLOAT_DTYPES:
-        return False
-    return shadow_dtype == weight_dtype or (
-        shadow_dtype == torch.float32 and weight_dtype in (torch.float16, torch.bfloat16))
-
-
-def _shadow_name(multi: bool, p: int, i: int) -> str:
-    return f"ema_lists[{p}][{i}]" if multi else f"ema_tensors[{i}]"
-
-
 def _decay_values(decays: Sequence[float], decay_tensor: Optional[torch.Tensor], multi: bool) -> List[float]:
     name = "decays" if multi else "decay"
     if decay_tensor is not None:
-        if decay_tensor.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"{name} must be a float32 or float64 tensor, got {decay_tensor.dtype}")
-        if decay_tensor.dim() != (1 if multi else 0):
-            raise ValueError(f"{name} must be a {'1-d' if multi else '0-d'} tensor, got shape "
-                             f"{tuple(decay_tensor.shape)}")
+        check_decay_tensor(decay_tensor, multi)
         values = decay_tensor.double().reshape(-1).tolist()
     else:
         values = [float(d) for d in decays]
@@ -61,39 +46,26 @@ def _decay_values(decays: Sequence[float], decay_tensor: Optional[torch.Tensor],
 
 
 def check_operands(emas: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor], profiles: int,
-                   multi: bool) -> None:
-    """The kernels' preconditions (csrc/ops/ema_update.cpp, with_ema_operands), same messages."""
+                   multi: bool, decay_tensor: Optional[torch.Tensor] = None) -> None:
+    """The kernels' preconditions (csrc/ops/ema_update.cpp, with_ema_operands), same messages: the
+    metadata checks (noisefast/_list_operands.py), then no shadow sharing an element with another
+    shadow, a weight or a decay tensor the kernel reads."""
+    check_ema_operands(emas, tensors, profiles, multi)
     n = len(tensors)
-    if len(emas) != profiles * n:
-        raise ValueError(f"{'ema_lists' if multi else 'ema_tensors'} holds the wrong number of tensors "
-                         f"for {n} tensors and {profiles} decays")
-    for i, x in enumerate(tensors):
-        if x.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"tensors[{i}] must be float32, float16, bfloat16 or float64, got {x.dtype}")
-        if x.device != tensors[0].device:
-            raise ValueError(f"tensors[{i}] is on {x.device} but tensors[0] is on {tensors[0].device}")
-        for p in range(profiles):
-            e = emas[p * n + i]
-            name = _shadow_name(multi, p, i)
-            if e.device != x.device:
-                raise ValueError(f"{name} is on {e.device} but tensors[{i}] is on {x.device}")
-            if e.shape != x.shape:
-                raise ValueError(f"{name} has shape {tuple(e.shape)} but tensors[{i}] has shape {tuple(x.shape)}")
-            if torch._debug_has_internal_overlap(e) == 1:
-                raise ValueError(f"{name} has elements that share memory (e.g. an expanded tensor): "
-                                 "it cannot be updated in place")
-            if not pairing_supported(e.dtype, x.dtype):
-                raise TypeError(f"{name} is {e.dtype} but tensors[{i}] is {x.dtype}: a shadow must have its "
-                                "weight's dtype, or be float32 for float16/bfloat16 weights")
-            if e.dtype != emas[i].dtype:
-                raise ValueError(f"{name} is {e.dtype} but {_shadow_name(multi, 0, i)} is {emas[i].dtype}: "
-                                 "the profiles of one tensor must share a dtype")
     live = [k for k, e in enumerate(emas) if e.numel() > 0]
     for a in range(len(live)):
         for b in range(a + 1, len(live)):
             if share_memory(emas[live[a]], emas[live[b]]):
-                first, second = (_shadow_name(multi, k // n, k % n) for k in (live[a], live[b]))
+                first, second = (shadow_name(multi, k // n, k % n) for k in (live[a], live[b]))
                 raise ValueError(f"{first} and {second} share memory: their common elements would be updated twice")
+    read = [(f"tensors[{i}]", x) for i, x in enumerate(tensors) if x.numel() > 0]
+    if decay_tensor is not None and decay_tensor.device.type != "cpu":
+        read.append(("decays" if multi else "decay", decay_tensor))
+    for k in live:
+        for name, x in read:
+            if share_memory(emas[k], x):
+                raise ValueError(f"{shadow_name(multi, k // n, k % n)} and {name} share memory: "
+                                 "a shadow would be read while it is written")
 
 
 def ema_blend_(shadow: torch.Tensor, x: torch.Tensor, decay: float) -> None:
@@ -103,7 +75,7 @@ def ema_blend_(shadow: torch.Tensor, x: torch.Tensor, decay: float) -> None:
 
 def _update(emas, tensors, decays, decay_tensor, multi: bool) -> None:
     values = _decay_values(decays, decay_tensor, multi)
-    check_operands(emas, tensors, len(values), multi)
+    check_operands(emas, tensors, len(values), multi, decay_tensor)
     n = len(tensors)
     for p, decay in enumerate(values):
         for i, x in enumerate(tensors):

@@ -10,12 +10,12 @@ So each Philox block serves one tensor, and a one-tensor list gets exactly the n
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence
 
 import torch
 
-from .._dtypes import FLOAT_DTYPES, math_dtype
+from .._dtypes import math_dtype
+from .._list_operands import check_noise_operands, check_std_operands, check_std_value
 from ..random import STREAM_NOISE
 from .philox import normal_stream
 
@@ -52,41 +52,18 @@ def _element_addresses(t: torch.Tensor) -> torch.Tensor:
     return addresses.reshape(-1)
 
 
-def _internal_overlap(t: torch.Tensor) -> bool:
-    return any(st == 0 and s > 1 for s, st in zip(t.shape, t.stride()))
-
-
 def check_operands(tensors: Sequence[torch.Tensor], stds: Sequence[float], std_tensor: Optional[torch.Tensor],
                    in_place: bool) -> List[float]:
     """The kernels' checks, with their messages; returns one std per tensor."""
     n = len(tensors)
+    check_std_operands(tensors, stds, std_tensor)
     if std_tensor is not None:
-        if stds:
-            raise ValueError("pass std as numbers or as a tensor, not both")
-        if std_tensor.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"std must be a float32 or float64 tensor, got {std_tensor.dtype}")
-        if std_tensor.dim() != 0:
-            raise ValueError(f"std must be a 0-d tensor, got shape {tuple(std_tensor.shape)}")
-        if n and std_tensor.device.type != "cpu" and std_tensor.device != tensors[0].device:
-            raise ValueError(f"std is on {std_tensor.device} but the tensors are on {tensors[0].device}")
         values = [float(std_tensor.item())] * n
+        for s in values[:1]:
+            check_std_value(s)
     else:
-        if len(stds) != n:
-            raise ValueError(f"std has {len(stds)} values for {n} tensors")
         values = [float(s) for s in stds]
-    for i, s in enumerate(values):
-        if not (math.isfinite(s) and s >= 0):
-            raise ValueError(f"std must be finite and >= 0, got {s}")
-    for i, t in enumerate(tensors):
-        if t.layout != torch.strided:
-            raise TypeError(f"tensors[{i}] must be a dense (strided) tensor, got {t.layout}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"tensors[{i}] must be float32, float16, bfloat16 or float64, got {t.dtype}")
-        if t.device != tensors[0].device:
-            raise ValueError(f"tensors[{i}] is on {t.device} but tensors[0] is on {tensors[0].device}")
-        if in_place and _internal_overlap(t):
-            raise ValueError(f"tensors[{i}] has elements that share memory (e.g. an expanded tensor): "
-                             "it cannot be updated in place")
+    check_noise_operands(tensors, in_place)
     if in_place:
         live = [i for i, t in enumerate(tensors) if t.numel() > 0]
         for a in range(len(live)):
@@ -94,6 +71,11 @@ def check_operands(tensors: Sequence[torch.Tensor], stds: Sequence[float], std_t
                 if share_memory(tensors[live[a]], tensors[live[b]]):
                     raise ValueError(f"tensors[{live[a]}] and tensors[{live[b]}] share memory: their common "
                                      "elements would receive noise twice")
+        if std_tensor is not None and std_tensor.device.type != "cpu":
+            for i in live:
+                if share_memory(tensors[i], std_tensor):
+                    raise ValueError(f"tensors[{i}] and std share memory: std would be read while the tensors "
+                                     "are written")
     return values
 
 

@@ -55,10 +55,12 @@ def philox4x32_10(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torc
 
 
 def _check_u64(value: int, name: str) -> int:
+    """``value`` as the unsigned 64-bit number the kernels use: an int in [0, 2^64), or a negative
+    int64 (how an int64 tensor or an op argument carries values >= 2^63), taken modulo 2^64."""
     value = int(value)
-    if not 0 <= value < 2 ** 64:
-        raise ValueError(f"{name} must be in [0, 2^64), got {value}")
-    return value
+    if not -2 ** 63 <= value < 2 ** 64:
+        raise ValueError(f"{name} must be in [0, 2^64) (or its int64 bits), got {value}")
+    return value % 2 ** 64
 
 
 def philox_words(seed: int, stream: int, blocks: torch.Tensor) -> Words:
