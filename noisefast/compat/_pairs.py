@@ -28,7 +28,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from ..ops.ema_update import check_decay_number, run_ema_update
-from ..reference.ema_update import pairing_supported
+from .._list_operands import pairing_supported
 
 
 class PairedUpdate:
