@@ -37,7 +37,8 @@ def get_ema_multi_avg_fn(decay: float = 0.999) -> Callable[[List[torch.Tensor], 
         if len(fused) == len(ema_param_list):
             ema_update_(list(ema_param_list), list(current_param_list), decay)
             return
-        rest = [i for i in range(len(ema_param_list)) if i not in set(fused)]
+        fused_set = set(fused)
+        rest = [i for i in range(len(ema_param_list)) if i not in fused_set]
         if fused:
             ema_update_([ema_param_list[i] for i in fused], [current_param_list[i] for i in fused], decay)
         torch_fn([ema_param_list[i] for i in rest], [current_param_list[i] for i in rest], _num_averaged)
