@@ -19,6 +19,7 @@ from .weight_noise import WeightNoise, weights_only
 from .posthoc_ema import PostHocEMA, posthoc_coefficients, power_function_weights
 from .regularizers import GaussianNoise, ScheduledNoise, set_noise_step
 from .robustness import RobustnessCurve, robustness_curve
+from .robustness_tracker import RobustnessRecord, RobustnessTracker
 from .targets import MixupBatch, mixup, smooth_labels
 from .schedules import (
     ConstantCurriculum,
@@ -67,6 +68,8 @@ __all__ = [
     "MixupBatch",
     "robustness_curve",
     "RobustnessCurve",
+    "RobustnessTracker",
+    "RobustnessRecord",
     # perturbation
     "consistency_pair",
     "add_noise",

@@ -10,7 +10,7 @@ import torch
 
 from ._compile import eager_under_compile
 from ._checks import check_int, check_real
-from .magnitude import check_step
+from .magnitude import check_schedule, check_step, is_stateful
 from .ops.foreach_gaussian_noise import foreach_gaussian_noise_
 from .random import check_generator_state
 
@@ -58,7 +58,8 @@ class GradientNoise:
 
         sigma_t^2 = eta / (1 + t)^gamma,   i.e.   std_t = sqrt(eta / (1 + t)^gamma),
 
-    with t the number of noise steps taken so far (0 at the first :meth:`step`). The paper uses
+    with t the number of noise steps taken so far (0 at the first :meth:`step`), times
+    ``schedule(t)`` when a magnitude schedule is given. The paper uses
     gamma = 0.55 and eta in {0.01, 0.3, 1.0}. (Some ports use eta / (1 + t)^gamma as the std: that is
     not the paper's schedule.)
 
@@ -71,6 +72,9 @@ class GradientNoise:
         generator: where each step's seed is drawn (default: the default generator of each
             gradient's device). Under data parallelism pass a generator seeded identically on
             every rank, so that every replica adds the same noise.
+        schedule: None, or a callable ``t -> factor >= 0`` (``noisefast.schedules``) that multiplies
+            std_t, e.g. ``noisefast.schedules.adaptive(...)``, reduced when a robustness tracker
+            signals overuse; a stateful schedule's state is saved in :meth:`state_dict`.
 
     Where to call it: after the gradients are final and before the optimizer uses them::
 
@@ -91,19 +95,24 @@ class GradientNoise:
     """
 
     def __init__(self, params: Iterable[Union[torch.Tensor, Dict[str, Any]]], eta: float = 0.3,
-                 gamma: float = 0.55, *, generator: Optional[torch.Generator] = None):
+                 gamma: float = 0.55, *, generator: Optional[torch.Generator] = None, schedule=None):
         self.params = _collect_params(params)
         self.eta = check_real(eta, "eta", nonnegative=True)
         self.gamma = check_real(gamma, "gamma", nonnegative=True)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
+        self.schedule = check_schedule(schedule)
         self.t = 0
 
     def std(self, step: Optional[int] = None) -> float:
-        """sigma_t = sqrt(eta / (1 + t)^gamma) at ``step`` (default: the step the next :meth:`step` uses)."""
+        """sigma_t = sqrt(eta / (1 + t)^gamma) (times ``schedule(t)``) at ``step`` (default: the step
+        the next :meth:`step` uses)."""
         t = self.t if step is None else check_step(step)
-        return math.sqrt(self.eta / (1.0 + t) ** self.gamma)
+        sigma = math.sqrt(self.eta / (1.0 + t) ** self.gamma)
+        if self.schedule is not None:
+            sigma *= check_real(self.schedule(t), "schedule(t)", nonnegative=True)
+        return sigma
 
     @eager_under_compile
     @torch.no_grad()
@@ -124,21 +133,27 @@ class GradientNoise:
         return sigma
 
     def state_dict(self) -> Dict[str, Any]:
-        """{"t", "eta", "gamma", "generator"}: "generator" is the generator's state
-        (``torch.Generator.get_state()``, a uint8 CPU tensor) when one was given, else None, so a
-        run resumed with ``generator=`` draws the noise the uninterrupted run would have drawn."""
-        return {"t": self.t, "eta": self.eta, "gamma": self.gamma,
-                "generator": self.generator.get_state() if self.generator is not None else None}
+        """{"t", "eta", "gamma", "generator"} (and "schedule" with a stateful schedule): "generator" is
+        the generator's state (``torch.Generator.get_state()``, a uint8 CPU tensor) when one was given,
+        else None, so a run resumed with ``generator=`` draws the noise the uninterrupted run would
+        have drawn; "schedule" is the schedule's ``state_dict()`` (``noisefast.schedules.adaptive``)."""
+        state = {"t": self.t, "eta": self.eta, "gamma": self.gamma,
+                 "generator": self.generator.get_state() if self.generator is not None else None}
+        if is_stateful(self.schedule):
+            state["schedule"] = self.schedule.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore t, eta, gamma and the generator's state; everything is validated before anything
-        changes. A state without "generator" (saved before it was kept) leaves the generator as it is."""
+        """Restore t, eta, gamma, the generator's state and a stateful schedule's state; everything is
+        validated before anything changes. A state without "generator" (saved before it was kept)
+        leaves the generator as it is; one without "schedule", the schedule."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         keys, required = set(state_dict), {"t", "eta", "gamma"}
-        if not required <= keys <= required | {"generator"}:
-            raise ValueError(f"state_dict must have the keys 't', 'eta', 'gamma' (and 'generator'); missing "
-                             f"{sorted(required - keys)}, unexpected {sorted(keys - required - {'generator'})}")
+        allowed = required | {"generator"} | ({"schedule"} if is_stateful(self.schedule) else set())
+        if not required <= keys <= allowed:
+            raise ValueError(f"state_dict must have the keys 't', 'eta', 'gamma' (and 'generator'; 'schedule' with a "
+                             f"stateful schedule); missing {sorted(required - keys)}, unexpected {sorted(keys - allowed)}")
         t = check_int(state_dict["t"], "state_dict['t']", 0)
         eta = check_real(state_dict["eta"], "state_dict['eta']", nonnegative=True)
         gamma = check_real(state_dict["gamma"], "state_dict['gamma']", nonnegative=True)
@@ -148,10 +163,14 @@ class GradientNoise:
                 raise ValueError("state_dict['generator'] holds a generator state, but this GradientNoise has no "
                                  "generator: build it with generator= to resume the same noise")
             check_generator_state(generator_state, self.generator, "state_dict['generator']")
+        schedule_state = state_dict.get("schedule")
+        if schedule_state is not None:
+            self.schedule.load_state_dict(schedule_state)  # checked before anything changes
         self.t, self.eta, self.gamma = t, eta, gamma
         if generator_state is not None:
             self.generator.set_state(generator_state)
 
     def __repr__(self) -> str:
-        return (f"GradientNoise({len(self.params)} tensors, eta={self.eta}, gamma={self.gamma}, t={self.t}, "
+        schedule = "" if self.schedule is None else f", schedule={self.schedule!r}"
+        return (f"GradientNoise({len(self.params)} tensors, eta={self.eta}, gamma={self.gamma}, t={self.t}{schedule}, "
                 f"std={self.std():.4g})")

@@ -20,7 +20,8 @@ from typing import Callable, Iterable, List, Union
 
 from ._checks import check_int, check_real
 
-__all__ = ["MagnitudeSchedule", "constant", "linear", "polynomial", "cosine", "interval", "check_schedule"]
+__all__ = ["MagnitudeSchedule", "constant", "linear", "polynomial", "cosine", "interval", "check_schedule",
+           "is_stateful"]
 
 Schedule = Callable[[int], float]
 
@@ -162,3 +163,10 @@ class interval(MagnitudeSchedule):
     def __repr__(self) -> str:
         return (f"interval({self.value!r}, every={self.every}, duration={self.duration}, "
                 f"start={self.start}, off={self.off})")
+
+
+def is_stateful(schedule) -> bool:
+    """Whether ``schedule`` keeps state that a run must save (e.g. :class:`noisefast.schedules.adaptive`):
+    it has ``state_dict()``, ``check_state_dict(state)`` (raises, changing nothing, on a bad state) and
+    ``load_state_dict(state)``. The noise modules save such a schedule's state with their own."""
+    return all(callable(getattr(schedule, name, None)) for name in ("state_dict", "check_state_dict", "load_state_dict"))

@@ -14,6 +14,7 @@ import numpy as np
 from . import schedules as S
 from ._checks import check_int
 from .robustness import RobustnessCurve
+from .robustness_tracker import RobustnessTracker
 
 _INSTALL_HINT = "noisefast.plot needs matplotlib: pip install noisefast[plot]"
 
@@ -206,4 +207,73 @@ def robustness_curve(curves, ax=None, path=None, *, dpi: int = 150, title: Optio
     ax.set_title(title if title is not None else f"Robustness to Gaussian input noise ({metric})")
     ax.grid(True, alpha=0.35)
     ax.legend(fontsize="small", loc="best")
+    return _save(fig, path, dpi)
+
+
+_STD_STYLES = ("-", "--", ":", "-.")
+
+
+def robustness_history(trackers, stds: Optional[Sequence[float]] = None, ax=None, path=None, *, dpi: int = 150,
+                       title: Optional[str] = None, area: bool = True, overuse: bool = True,
+                       xlabel: str = "training step"):
+    """The metric over training at each test-time noise std, from :class:`noisefast.RobustnessTracker`\\ s.
+
+    Args:
+        trackers: a RobustnessTracker (one line per std, in the colour cycle, plus the robustness
+            area), or a mapping label -> tracker (one colour per run, one line style per std).
+        stds: which stds to draw (default: all of them for one tracker; the smallest and the largest
+            for several runs, so that the figure stays readable).
+        ax: draw into this Axes instead of a new figure.
+        path: write a PNG there.
+        dpi: resolution of the PNG.
+        title: the title (default says what is plotted).
+        area: also draw the robustness area (the mean over every std of the tracker), dashed black for
+            one tracker, dotted in the run's colour for several.
+        overuse: mark the evaluations that signalled overuse (a cross on the clean line, or on the
+            first drawn std).
+        xlabel: what the trackers' steps count (e.g. "epoch").
+
+    Returns:
+        The Figure.
+    """
+    single = isinstance(trackers, RobustnessTracker)
+    runs = {None: trackers} if single else trackers
+    if not isinstance(runs, Mapping) or not runs:
+        raise TypeError(f"trackers must be a RobustnessTracker or a non-empty mapping label -> tracker, "
+                        f"got {type(trackers).__name__}")
+    for label, tracker in runs.items():
+        if not isinstance(tracker, RobustnessTracker):
+            raise TypeError(f"trackers[{label!r}] must be a RobustnessTracker, got {type(tracker).__name__}")
+    metrics = {t.metric_name for t in runs.values()}
+    fig, ax = _new_axes(ax, (7.5, 4.5) if single else (11.0, 5.0))
+    for k, (label, tracker) in enumerate(runs.items()):
+        chosen = list(stds) if stds is not None else (
+            list(tracker.stds) if single else sorted({min(tracker.stds), max(tracker.stds)}))
+        steps = tracker.steps
+        color = None if single else f"C{k % 10}"
+        marked = False
+        for j, std in enumerate(chosen):
+            values = tracker.series(std)
+            name = f"std {std:g}" if single else f"{label}, std {std:g}"
+            line, = ax.plot(steps, values, marker="o", markersize=2.5, linewidth=1.5, label=name,
+                            color=f"C{j % 10}" if single else color,
+                            linestyle="-" if single else _STD_STYLES[j % len(_STD_STYLES)])
+            if overuse and not marked:
+                fired = [(r.step, v) for r, v in zip(tracker.history, values) if r.overuse]
+                if fired:
+                    ax.plot(*zip(*fired), linestyle="none", marker="x", markersize=8, color=line.get_color(),
+                            label="overuse signal" if single else f"{label}: overuse signal")
+                marked = True
+        if area:
+            ax.plot(steps, tracker.areas(), linewidth=1.3, color="black" if single else color,
+                    linestyle="--" if single else ":", label="area (mean over stds)" if single else f"{label}, area")
+    metric = metrics.pop() if len(metrics) == 1 else "metric"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.set_title(title if title is not None else f"Robustness during training ({metric} at each test-time noise std)")
+    ax.grid(True, alpha=0.35)
+    if single:
+        ax.legend(fontsize="small", loc="best")
+    else:  # one entry per run and std: beside the axes, not over the lines
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path, dpi)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
 from ._compile import eager_under_compile
-from .magnitude import check_schedule, check_step
+from .magnitude import check_schedule, check_step, is_stateful
 from .ops.gaussian_noise import gaussian_noise, gaussian_noise_op, noise_scale
 from .random import check_generator_state, draw_seed
 
@@ -35,7 +35,10 @@ class ScheduledNoise(nn.Module):
             ``.to(device)``; its shape must broadcast against what the subclass perturbs). A tensor's
             values are checked here and when a state_dict is loaded, not on every forward.
         schedule: None, or a callable ``step -> float >= 0`` such as
-            ``noisefast.schedules.linear(1.0, 0.0, total_steps)``.
+            ``noisefast.schedules.linear(1.0, 0.0, total_steps)``. A stateful schedule
+            (``noisefast.schedules.adaptive``: ``state_dict`` / ``check_state_dict`` /
+            ``load_state_dict``) has its state saved in this module's extra state; one with
+            ``register_listener`` calls :meth:`refresh_factor` whenever its value changes.
     """
 
     def __init__(self, std: Union[float, torch.Tensor], schedule=None):
@@ -53,6 +56,22 @@ class ScheduledNoise(nn.Module):
         self.register_buffer("_factor", None if schedule is None else torch.ones((), dtype=torch.float64),
                              persistent=False)
         self.num_steps = 0
+        self._listen_to_schedule()
+
+    def _listen_to_schedule(self) -> None:
+        register = getattr(self._schedule, "register_listener", None)
+        if callable(register):
+            register(self)
+
+    def __setstate__(self, state) -> None:
+        # copy.deepcopy and pickle: a stateful schedule's copy forgets its listeners, so register again
+        super().__setstate__(state)
+        self._listen_to_schedule()
+
+    def refresh_factor(self) -> None:
+        """Re-evaluate the schedule at ``num_steps`` into the factor tensor (a stateful schedule
+        calls this when its value changes between steps)."""
+        self.num_steps = self._num_steps
 
     @property
     def schedule(self):
@@ -128,25 +147,31 @@ class ScheduledNoise(nn.Module):
             missing_keys.remove(extra_key)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        """{"num_steps"}, and "generator": the state of the module's generator when it has one (so
-        a run resumed with ``generator=`` draws the noise the uninterrupted run would have)."""
+        """{"num_steps"}; "generator": the state of the module's generator when it has one (so a run
+        resumed with ``generator=`` draws the noise the uninterrupted run would have); "schedule": the
+        state of a stateful schedule (``noisefast.schedules.adaptive``)."""
         state: Dict[str, Any] = {"num_steps": self.num_steps}
         generator = getattr(self, "generator", None)
         if generator is not None:
             state["generator"] = generator.get_state()
+        if is_stateful(self.schedule):
+            state["schedule"] = self.schedule.state_dict()
         return state
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        step, generator_state = self._check_extra_state(state)
+        step, generator_state, schedule_state = self._check_extra_state(state)
+        if schedule_state is not None:
+            self.schedule.load_state_dict(schedule_state)
         self.num_steps = step
         if generator_state is not None:
             self.generator.set_state(generator_state)
 
     def _check_extra_state(self, state):
-        """(num_steps, generator state or None) of a checked extra state; nothing is changed."""
+        """(num_steps, generator state or None, schedule state or None) of a checked extra state;
+        nothing is changed."""
         if not isinstance(state, dict) or "num_steps" not in state:
             raise ValueError(f"{type(self).__name__} state must be a dict with 'num_steps', got {state!r}")
-        unexpected = set(state) - {"num_steps", "generator"}
+        unexpected = set(state) - {"num_steps", "generator", "schedule"}
         if unexpected:
             raise ValueError(f"{type(self).__name__} state has unexpected keys {sorted(unexpected)}")
         step = check_step(state["num_steps"])
@@ -159,7 +184,13 @@ class ScheduledNoise(nn.Module):
                 raise ValueError(f"the {type(self).__name__} state holds a generator state, but this module has no "
                                  "generator: build it with generator= to resume the same noise")
             check_generator_state(generator_state, generator, f"{type(self).__name__} state['generator']")
-        return step, generator_state
+        schedule_state = state.get("schedule")
+        if schedule_state is not None:
+            if not is_stateful(self.schedule):
+                raise ValueError(f"the {type(self).__name__} state holds a schedule state, but this module's "
+                                 f"schedule ({self.schedule!r}) keeps none")
+            self.schedule.check_state_dict(schedule_state)
+        return step, generator_state, schedule_state
 
     def _std_repr(self) -> str:
         std = self.std if not isinstance(self.std, torch.Tensor) else f"tensor{tuple(self.std.shape)}"

@@ -56,6 +56,11 @@ class RobustnessCurve:
     count: int
     metric: str = "accuracy"
 
+    def area(self) -> float:
+        """The robustness area: the mean of the metric over the stds (each std weighs the same, so
+        compare areas of curves with the same stds)."""
+        return math.fsum(self.values) / len(self.values)
+
     def as_dict(self) -> Dict[float, float]:
         """``{std: value}``."""
         return dict(zip(self.stds, self.values))
@@ -71,7 +76,9 @@ class RobustnessCurve:
         return self.to_markdown()
 
 
-def _check_stds(stds) -> Tuple[float, ...]:
+def check_stds(stds) -> Tuple[float, ...]:
+    """``stds`` (a sequence of numbers or a tensor) as a tuple of floats, each finite and >= 0, not
+    empty; else a TypeError/ValueError naming ``stds``."""
     if isinstance(stds, torch.Tensor):
         stds = stds.detach().reshape(-1).tolist()
     if isinstance(stds, numbers.Real) or not isinstance(stds, Iterable):
@@ -86,7 +93,8 @@ def _check_stds(stds) -> Tuple[float, ...]:
     return tuple(values)
 
 
-def _metric_fn(metric) -> Tuple[Metric, str]:
+def metric_fn(metric) -> Tuple[Metric, str]:
+    """``(callable, name)`` of a metric given by name ("accuracy", "loss") or as a callable."""
     if isinstance(metric, str):
         if metric not in METRICS:
             raise ValueError(f"metric must be a callable or one of {sorted(METRICS)}, got {metric!r}")
@@ -96,7 +104,7 @@ def _metric_fn(metric) -> Tuple[Metric, str]:
     return metric, getattr(metric, "__name__", type(metric).__name__)
 
 
-def _batches(data) -> Iterable:
+def as_batches(data) -> Iterable:
     """data as an iterable of (x, y) batches: a single (x, y) pair of tensors is one batch."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return [tuple(data)]
@@ -143,9 +151,9 @@ def robustness_curve(model: Callable[[torch.Tensor], torch.Tensor], data, stds: 
         :class:`RobustnessCurve` (stds, values, count, metric), with ``.as_dict()`` and
         ``.to_markdown()``.
     """
-    stds = _check_stds(stds)
-    fn, name = _metric_fn(metric)
-    batches = _batches(data)
+    stds = check_stds(stds)
+    fn, name = metric_fn(metric)
+    batches = as_batches(data)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     device = torch.device(device) if device is not None else _model_device(model)

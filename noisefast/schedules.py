@@ -39,6 +39,7 @@ import torch
 from ._checks import check_int, check_real
 from ._dtypes import FLOAT_DTYPES
 from .magnitude import MagnitudeSchedule, constant, cosine, interval, linear, polynomial
+from .adaptive_magnitude import adaptive
 
 __all__ = [
     "karras_sigmas", "KarrasLevels",
@@ -50,6 +51,7 @@ __all__ = [
     "LogNormal", "LogUniform", "LogLogistic", "VDiffusion", "LaplaceLogSNR", "ect_r_from_t",
     # magnitude schedules of the noise-injection regularisers (defined in magnitude.py)
     "MagnitudeSchedule", "constant", "linear", "polynomial", "cosine", "interval",
+    "adaptive",  # driven by a metric (defined in adaptive_magnitude.py)
 ]
 
 _F64 = torch.float64

@@ -11,6 +11,7 @@ out, and a run resumed with ``generator=`` drew other noise).
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, List
 
@@ -87,6 +88,49 @@ def _weight_noise(generator, seed):
                                            generator=generator))
 
 
+class AdaptiveModuleRun(ModuleRun):
+    """A noise module whose adaptive schedule is reduced on every other step (the state to resume)."""
+
+    def step(self, i):
+        out = super().step(i)
+        self.module.schedule.step(overuse=i % 2 == 1)
+        return out
+
+
+def _adaptive_gaussian_noise(generator, seed):
+    schedule = schedules.adaptive(1.0, factor=0.5, min_value=0.05, cooldown=1, base=schedules.linear(1.0, 0.2, 10))
+    return AdaptiveModuleRun(noisefast.GaussianNoise(0.3, schedule=schedule, generator=generator))
+
+
+class AdaptiveGradientNoiseRun(GradientNoiseRun):
+    def __init__(self, generator, seed):
+        super().__init__(generator, seed)
+        self.noise.schedule = schedules.adaptive(1.0, factor=0.5, patience=0)
+
+    def step(self, i):
+        out = super().step(i)
+        self.noise.schedule.step(float(i % 3))  # a metric that improves, then plateaus
+        return out
+
+
+class TrackerRun:
+    """A RobustnessTracker (its own generator, seeded by ``seed``) evaluating a model that changes."""
+
+    def __init__(self, generator, seed):
+        torch.manual_seed(5)
+        self.model = nn.Linear(5, 3)
+        self.weight = self.model.weight.detach().clone()
+        x = torch.linspace(-2, 2, 60).view(12, 5)
+        self.tracker = noisefast.RobustnessTracker((x, torch.arange(12) % 3), [0.0, 0.5, 2.0], metric="loss",
+                                                   seed=seed + 1, patience=1)
+
+    def step(self, i):
+        with torch.no_grad():  # the model at step i (its own state is not the tracker's)
+            self.model.weight.copy_(self.weight + 0.1 * math.cos(i))
+        record = self.tracker.evaluate(self.model, i)
+        return [torch.tensor(record.curve.values), torch.tensor(float(record.overuse))]
+
+
 class EMARun:
     def __init__(self, generator, seed, posthoc=False):
         self.net = _net(7)
@@ -116,6 +160,12 @@ CASES = {
                           lambda r, s: r.module.load_state_dict(s)),
     "WeightNoise": Case(_weight_noise, ModuleRun.step, lambda r: r.module.state_dict(),
                         lambda r, s: r.module.load_state_dict(s)),
+    "GaussianNoise-adaptive": Case(_adaptive_gaussian_noise, AdaptiveModuleRun.step, lambda r: r.module.state_dict(),
+                                   lambda r, s: r.module.load_state_dict(s)),
+    "GradientNoise-adaptive": Case(AdaptiveGradientNoiseRun, AdaptiveGradientNoiseRun.step,
+                                   lambda r: r.noise.state_dict(), lambda r, s: r.noise.load_state_dict(s)),
+    "RobustnessTracker": Case(TrackerRun, TrackerRun.step, lambda r: r.tracker.state_dict(),
+                              lambda r, s: r.tracker.load_state_dict(s)),
     "EMA": Case(EMARun, EMARun.step, EMARun.state, EMARun.load),
     "PostHocEMA": Case(lambda g, s: EMARun(g, s, posthoc=True), EMARun.step, EMARun.state, EMARun.load),
 }
@@ -159,6 +209,29 @@ def _same(a, b):
 
 def _corruptions(name):
     """(kind, function state -> corrupted state) for the state of case ``name``."""
+    schedule_kinds = {
+        "schedule-value": lambda e: {**e, "schedule": {**e["schedule"], "value": -1.0}},
+        "schedule-count": lambda e: {**e, "schedule": {**e["schedule"], "num_bad": 1.5}},
+        "schedule-key": lambda e: {**e, "schedule": {k: v for k, v in e["schedule"].items() if k != "best"}},
+    }
+    if name == "GradientNoise-adaptive":
+        return {**_corruptions("GradientNoise"), **schedule_kinds}
+    if name == "GaussianNoise-adaptive":
+        kinds = _corruptions("GaussianNoise")
+        kinds.update({kind: (lambda fn: lambda s: {**s, "_extra_state": fn(dict(s["_extra_state"]))})(fn)
+                      for kind, fn in schedule_kinds.items()})
+        return kinds
+    if name == "RobustnessTracker":
+        return {
+            "missing-key": lambda s: {k: v for k, v in s.items() if k != "counts"},
+            "steps-decrease": lambda s: {**s, "steps": s["steps"][::-1]},
+            "values-length": lambda s: {**s, "values": s["values"][:-1]},
+            "values-row": lambda s: {**s, "values": [v[:2] for v in s["values"]]},
+            "stds": lambda s: {**s, "stds": [0.0, 0.5, 1.0]},
+            "metric": lambda s: {**s, "metric": "accuracy"},
+            "generator-size": lambda s: {**s, "generator": s["generator"][:-1]},
+            "generator-type": lambda s: {**s, "generator": [1, 2]},
+        }
     if name == "GradientNoise":
         return {
             "missing-key": lambda s: {k: v for k, v in s.items() if k != "eta"},
