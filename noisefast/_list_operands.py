@@ -30,8 +30,9 @@ def check_not_inference(t: torch.Tensor, name: str) -> None:
 
 
 def has_internal_overlap(t: torch.Tensor) -> bool:
-    """Whether t's strides map two elements to one address (an expanded tensor: stride 0)."""
-    return any(st == 0 and s > 1 for s, st in zip(t.shape, t.stride()))
+    """Whether t's strides map two elements to one address (an expanded tensor: stride 0); an
+    empty tensor has no elements to share (at::has_internal_overlap agrees)."""
+    return t.numel() > 0 and any(st == 0 and s > 1 for s, st in zip(t.shape, t.stride()))
 
 
 def pairing_supported(shadow_dtype: torch.dtype, weight_dtype: torch.dtype) -> bool:

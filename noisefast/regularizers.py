@@ -140,11 +140,33 @@ class ScheduledNoise(nn.Module):
         extra_key = prefix + "_extra_state"
         if extra_key in state_dict:
             self._check_extra_state(state_dict[extra_key])
+        self._check_subtree_tensors(state_dict, prefix, strict)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if extra_key not in state_dict and extra_key in missing_keys:
             # A checkpoint from before the step count was saved: keep the current step.
             missing_keys.remove(extra_key)
+
+    def _check_subtree_tensors(self, state_dict, prefix: str, strict: bool) -> None:
+        """ValueError unless the tensors of this module and its submodules (a wrapped model's too)
+        fit ``state_dict``: same shapes, and with ``strict`` none missing and no unknown key. torch's
+        load_state_dict copies tensor by tensor and raises only at the end, after this module's step
+        and generator state would have been set: checked here first, a failed load changes nothing."""
+        ours = self.state_dict(prefix=prefix, keep_vars=True)
+        for key, mine in ours.items():
+            if not isinstance(mine, torch.Tensor):
+                continue  # an extra state, checked by its module
+            theirs = state_dict.get(key)
+            if theirs is None:
+                if strict:
+                    raise ValueError(f"state_dict is missing {key!r}")
+            elif not isinstance(theirs, torch.Tensor) or theirs.shape != mine.shape:
+                raise ValueError(f"state_dict[{key!r}] must be a tensor of shape {tuple(mine.shape)}, got "
+                                 f"{tuple(theirs.shape) if isinstance(theirs, torch.Tensor) else type(theirs).__name__}")
+        if strict:
+            unexpected = sorted(k for k in state_dict if k.startswith(prefix) and k not in ours)
+            if unexpected:
+                raise ValueError(f"state_dict has unexpected keys {unexpected}")
 
     def get_extra_state(self) -> Dict[str, Any]:
         """{"num_steps"}; "generator": the state of the module's generator when it has one (so a run

@@ -25,7 +25,7 @@ if settings is not None:
     settings.register_profile("ci", derandomize=True, database=None, max_examples=60, deadline=None,
                               print_blob=True, suppress_health_check=[HealthCheck.too_slow,
                                                                       HealthCheck.data_too_large])
-    settings.register_profile("thorough", max_examples=2000, deadline=None,
+    settings.register_profile("thorough", max_examples=1000, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     settings.load_profile(os.environ.get("NOISEFAST_HYPOTHESIS_PROFILE", "ci"))
 

@@ -257,6 +257,13 @@ def test_torch_compile_fullgraph():
         assert_close(g, w, rtol=1e-6, atol=1e-6)
 
 
+def test_scalings_of_a_tensor_sigma_compile_without_a_graph_break():
+    """Its value check reads sigma on the host, which torch.compile skips (fullgraph would fail)."""
+    sigma = torch.tensor([0.002, 0.5, 80.0])
+    compiled = torch.compile(lambda s: consistency_scalings(s)[2] * 2, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(sigma), consistency_scalings(sigma)[2] * 2)
+
+
 # --- errors -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, name", [

@@ -394,3 +394,13 @@ def test_meta_tensors_are_checked_like_the_kernels():
         foreach_gaussian_noise_([torch.empty(1, device="meta").expand(4)], 1.0)
     with pytest.raises(ValueError, match="std"):
         foreach_gaussian_noise_([meta], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["meta"])
+def test_an_empty_expanded_tensor_has_no_shared_elements(backend):
+    """Found by the property suite: the reference and the fake kernel called an empty expanded
+    tensor (shape (2, 0), stride 0) self-overlapping, the C++ kernels (rightly) did not."""
+    device = "meta" if backend == "meta" else "cpu"
+    t = torch.empty(1, 0, device=device).expand(2, 0)
+    run_on("cpu" if backend == "meta" else backend, foreach_gaussian_noise_, [t], 1.0)
+    assert t.shape == (2, 0)

@@ -245,13 +245,18 @@ def _corruptions(name):
     if name in ("GaussianNoise", "WeightNoise"):
         def extra(fn):
             return lambda s: {**s, "_extra_state": fn(dict(s["_extra_state"]))}
-        return {
+        kinds = {
             "missing-steps": extra(lambda e: {k: v for k, v in e.items() if k != "num_steps"}),
             "bad-steps": extra(lambda e: {**e, "num_steps": -2}),
             "unexpected-key": extra(lambda e: {**e, "extra": 1}),
             "generator-dtype": extra(lambda e: {**e, "generator": e["generator"].float()}),
             "generator-size": extra(lambda e: {**e, "generator": e["generator"][:10]}),
         }
+        if name == "WeightNoise":  # the wrapped model's tensors: torch would raise after setting the step
+            kinds["module-weight-shape"] = lambda s: {**s, "module.weight": torch.zeros(2, 2)}
+            kinds["module-weight-missing"] = lambda s: {k: v for k, v in s.items() if k != "module.bias"}
+            kinds["unexpected-tensor"] = lambda s: {**s, "module.extra": torch.zeros(1)}
+        return kinds
     ema = (lambda fn: lambda s: {**s, "ema": fn(s["ema"])}) if name == "EMA" else \
         (lambda fn: lambda s: {**s, "ema": {**s["ema"], "ema": fn(s["ema"]["ema"])}})
     first = "0.weight"
@@ -292,3 +297,30 @@ def test_corrupted_state_is_rejected_and_changes_nothing(name, kind):
     with pytest.raises((ValueError, TypeError)):
         case.load(target, bad)
     assert _same(before, _leaves(checked(target))), f"{name}: a failed load changed the state ({kind})"
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=15)
+@given(name=st.sampled_from(list(CASES)), before=st.integers(0, 5), after=st.integers(1, 4),
+       with_generator=st.booleans(), seed=st.integers(0, 2 ** 31))
+def test_resuming_at_any_step_equals_uninterrupted(name, before, after, with_generator, seed):
+    """The same, saved at any step (0 included: a state saved before the first update or draw)."""
+    case = CASES[name]
+    torch.manual_seed(seed)
+    run = case.build(_generator(with_generator, seed), 0)
+    for i in range(before):
+        case.step(run, i)
+    saved = _round_trip(case.state(run))
+    saved_rng = torch.get_rng_state()
+    expected = [case.step(run, i) for i in range(before, before + after)]
+
+    torch.manual_seed(seed + 1)
+    resumed = case.build(_generator(with_generator, seed + 1), 1)
+    case.load(resumed, saved)
+    torch.set_rng_state(saved_rng)
+    got = [case.step(resumed, i) for i in range(before, before + after)]
+    for a, b in zip(expected, got):
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b)), f"{name}: differs after resuming"
