@@ -31,7 +31,6 @@ import warnings
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -192,6 +191,67 @@ def kernel_schema(op) -> str:
     return f"{op._name}({', '.join(kept)}) -> {returns}"
 
 
+_is_compiling = torch.compiler.is_compiling
+_len_dispatch_stack = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode() reads
+_functorch_active = torch._C._are_functorch_transforms_active
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_NON_TENSORS = (float, int, bool, type(None), str)
+# The answers of _direct_call: dispatch through the op / call directly / directly with autograd.
+_VIA_OP, _DIRECT, _DIRECT_WITH_GRAD = 0, 1, 2
+
+
+_CPU_OR_CUDA: Dict[torch.device, bool] = {}
+
+
+def _is_cpu_or_cuda(device: torch.device) -> bool:
+    """device.type in ("cpu", "cuda"), remembered per device (``device.type`` costs ~2 us)."""
+    known = _CPU_OR_CUDA.get(device)
+    if known is None:
+        known = _CPU_OR_CUDA[device] = device.type in ("cpu", "cuda")
+    return known
+
+
+def _direct_call(args) -> int:
+    """How :meth:`Kernels.call` runs ``args``: _VIA_OP under torch.compile, a dispatch mode (fake
+    tensors, export) or a functorch transform, or with a tensor subclass or a tensor on a device
+    other than CPU/CUDA; else _DIRECT_WITH_GRAD when a tensor requires grad in grad mode, _DIRECT
+    otherwise. (Written for speed: ``isinstance(v, torch.Tensor)`` costs ~0.5 us on a non-tensor,
+    ``t.device.type`` ~2 us.)"""
+    if _is_compiling() or _len_dispatch_stack() or _functorch_active():
+        return _VIA_OP
+    grad = False
+    for a in args:
+        kind = type(a)
+        if kind in _NON_TENSORS:
+            continue
+        if kind in _PLAIN_TENSORS:
+            if not (a.is_cpu or a.is_cuda):
+                return _VIA_OP
+            grad = grad or a.requires_grad
+        elif kind is list or kind is tuple:
+            inner = _direct_call(a)
+            if inner == _VIA_OP:
+                return _VIA_OP
+            grad = grad or inner == _DIRECT_WITH_GRAD
+        else:  # a tensor subclass, or anything else the op's own dispatch should judge
+            return _VIA_OP
+    return _DIRECT_WITH_GRAD if grad and torch.is_grad_enabled() else _DIRECT
+
+
+def _autograd_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
+    """An autograd.Function running ``impl`` with the custom op's setup_context and backward.
+
+    Old style (forward takes ctx): the new style's ``setup_context`` staticmethod makes every
+    ``apply`` bind the arguments with ``inspect.signature`` (~100 us)."""
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    return type(f"{name}_function", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
 def increment_versions(tensors: List[torch.Tensor]) -> None:
     """Bump the autograd version counters of tensors written in place outside the dispatcher."""
     try:
@@ -226,21 +286,56 @@ class Kernels:
         self.modules = {"reference": reference, "triton": triton}  # Python backends: module paths
         self.gpu_preference = (("cuda",) if cuda else ()) + (("triton",) if triton else ())
         self._resolved: Dict[str, Callable] = {}
+        self._impl = op._init_fn  # the op's Python implementation (what its CPU/CUDA kernels run)
+        self._function = None     # see register_autograd
+        self._backends: Dict[tuple, str] = {}  # see backend_for
         _COMPILED_LIBRARY.define(kernel_schema(op))
+
+    def register_autograd(self, backward: Callable, *, setup_context: Callable) -> None:
+        """``op.register_autograd(backward, setup_context=setup_context)``, and the same two functions
+        as the autograd of :meth:`call`'s eager path."""
+        self.op.register_autograd(backward, setup_context=setup_context)
+        self._function = _autograd_function(self.name, self._impl, setup_context, backward)
+
+    def call(self, *args):
+        """The custom op on ``args`` (all of its arguments, positionally), with its dispatch skipped
+        where that changes nothing.
+
+        Traced (torch.compile), under a dispatch mode (fake tensors, export) or a functorch transform,
+        with tensor subclasses or on devices other than CPU/CUDA this is ``op(*args)``. Otherwise
+        it runs the op's Python implementation directly (the same checks, the same kernel), through
+        an autograd.Function made of the op's own setup_context and backward when a gradient is
+        needed: the custom op's layers (autograd, redispatch, backend lookup, argument binding)
+        cost ~100 us per call, more than a small tensor's kernel (benchmarks/bench_overhead.py).
+        """
+        how = _direct_call(args)
+        if how == _DIRECT:
+            return self._impl(*args)
+        if how == _DIRECT_WITH_GRAD and self._function is not None:
+            return self._function.apply(*args)
+        return self.op(*args)  # (an op without autograd raises there as it should)
 
     def implementation(self, backend: str) -> Callable:
         """The function that runs this op on ``backend`` (imported on first use)."""
         fn = self._resolved.get(backend)
         if fn is None:
             if backend in ("cpu", "cuda"):
-                fn = getattr(torch.ops.noisefast_C, self.name)
+                fn = getattr(torch.ops.noisefast_C, self.name).default  # the overload: no overload resolution per call
             else:
                 fn = getattr(importlib.import_module(self.modules[backend]), self.name)
             self._resolved[backend] = fn
         return fn
 
     def backend_for(self, device: torch.device) -> str:
-        return choose_backend(self.public, device, self.gpu_preference)
+        """:func:`choose_backend` for this op, remembered per (forced backend, device): what it
+        depends on (the extension, Triton, TRITON_INTERPRET, CUDA) is fixed once noisefast is
+        imported. An unavailable forced backend raises every time."""
+        key = (_FORCED.get(), device)
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = choose_backend(self.public, device, self.gpu_preference)
+            self._backends[key] = backend
+        return backend
 
     def __call__(self, device: torch.device, *args):
         return self.implementation(self.backend_for(device))(*args)
@@ -255,8 +350,7 @@ class Kernels:
         per tensor, which for a 300-tensor model is ~0.7 ms per call, more than the CUDA EMA
         kernel takes for 100M parameters (torch._foreach_lerp_ pays ~0.1 ms).
         """
-        if (torch.compiler.is_compiling() or device.type not in ("cpu", "cuda")
-                or _get_current_dispatch_mode() is not None):
+        if _is_compiling() or _len_dispatch_stack() or not _is_cpu_or_cuda(device):
             self.op(*args)
             return
         self(device, *args)

@@ -9,7 +9,7 @@ from torch import nn
 from ._checks import check_float_tensor, check_int_tensor, check_nonnegative_number, check_nonnegative_values, check_values
 from ._compile import StepCounter
 from .magnitude import check_schedule, check_step, is_stateful, schedule_at
-from .ops.gaussian_noise import gaussian_noise, gaussian_noise_op, noise_scale
+from .ops.gaussian_noise import KERNELS as GAUSSIAN_NOISE, gaussian_noise, noise_scale
 from .random import check_generator_state, draw_seed
 
 __all__ = ["ScheduledNoise", "GaussianNoise", "set_noise_step"]
@@ -299,7 +299,7 @@ class GaussianNoise(ScheduledNoise):
             return gaussian_noise(x, self.std, training=False)
         check_float_tensor(x, "x")
         std_value, scale, inner = self.noise_scale(x)
-        return gaussian_noise_op(x, draw_seed(x.device, self.generator), std_value, scale, inner, True)
+        return GAUSSIAN_NOISE.call(x, draw_seed(x.device, self.generator), std_value, scale, inner, True)
 
     def extra_repr(self) -> str:
         return self._std_repr()

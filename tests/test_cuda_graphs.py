@@ -115,6 +115,9 @@ def as_if_captured():
     with contextlib.ExitStack() as stack:
         for module, name, body in _custom_op_bodies():
             stack.enter_context(mock.patch.object(module, name, body))
+        # The public functions call Kernels.call, which under a dispatch mode calls the custom op:
+        # run the implementation there too.
+        stack.enter_context(mock.patch.object(noisefast._library.Kernels, "call", lambda self, *args: self._impl(*args)))
         for kernels in _all_kernels():
             # The backend of a real GPU run (Triton forced where the op has it), and the CUDA C++
             # kernel replaced by a recorder; implementation() is looked up at every call.
@@ -126,7 +129,7 @@ def as_if_captured():
                 lambda backend, real=real_implementation, cuda=cuda_kernel: cuda if backend == "cuda" else real(backend)))
         # Kernels.run_in_place calls the backend itself when no dispatch mode is active, as during a
         # real capture: the fake-tensor and inspection modes below must not send it to the custom op.
-        stack.enter_context(mock.patch.object(noisefast._library, "_get_current_dispatch_mode", return_value=None))
+        stack.enter_context(mock.patch.object(noisefast._library, "_len_dispatch_stack", return_value=0))
         stack.enter_context(mock.patch.object(triton_interpreter.InterpretedFunction, "run", record_launch))
         stack.enter_context(mock.patch("torch.cuda.is_current_stream_capturing", return_value=True))
         stack.enter_context(mock.patch("torch.cuda.current_device", return_value=0))  # fake tensors: cuda:0

@@ -88,7 +88,7 @@ def _all_kernels():
 
 def test_every_compiled_op_has_its_schema_from_python_and_its_kernels_registered():
     kernels = _all_kernels()
-    assert len(kernels) == 15, [k.name for k in kernels]
+    assert len(kernels) == 16, [k.name for k in kernels]
     with_cuda = _library.has_cuda_kernels()
     for k in kernels:
         qualified = f"noisefast_C::{k.name}"
@@ -111,3 +111,47 @@ def test_cpp_files_define_no_schema():
     offenders = [str(p.relative_to(csrc)) for p in csrc.rglob("*") if p.suffix in (".cpp", ".h", ".cu", ".cuh")
                  and pattern.search(p.read_text())]
     assert not offenders, offenders
+
+
+# ---- Kernels.call: the eager path that skips the custom op's dispatch ------------------------------
+
+def test_direct_call_equals_the_custom_op_values_and_gradients():
+    from noisefast.ops.gaussian_noise import KERNELS, gaussian_noise_op
+    from noisefast.ops.perturbation import ADD_NOISE_KERNELS, add_noise_op
+
+    x = torch.randn(3, 4, 5)
+    seed = torch.tensor([123], dtype=torch.int64)
+    cases = [
+        (KERNELS, gaussian_noise_op, lambda s: (x, seed, 1.0, s, 20, False), torch.rand(3) + 0.5),
+        (ADD_NOISE_KERNELS, add_noise_op, lambda s: (x, seed, torch.full((3,), 0.9), s, 0.1, 0.2, 20, 5, 0, False),
+         torch.rand(3) + 0.5),
+    ]
+    for kernels, op, args, sigma in cases:
+        outs, grads = [], []
+        for run in (kernels.call, op):
+            s = sigma.clone().requires_grad_()
+            out = run(*args(s))
+            out = out[0] if isinstance(out, tuple) else out
+            (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+            outs.append(out.detach())
+            grads.append(s.grad)
+            assert out.grad_fn is not None
+        assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1]), kernels.name
+
+
+def test_direct_call_goes_through_the_op_under_fake_tensors_and_subclasses():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from noisefast.ops.gaussian_noise import KERNELS
+
+    calls = []
+    original = KERNELS._impl
+    KERNELS._impl = lambda *args: calls.append(args) or original(*args)
+    try:
+        with FakeTensorMode():
+            out = noisefast.gaussian_noise(torch.randn(4, 3), 0.5)
+        assert out.shape == (4, 3) and not calls  # the fake kernel ran, not the implementation
+        noisefast.gaussian_noise(torch.randn(4, 3), 0.5)
+        assert len(calls) == 1
+    finally:
+        KERNELS._impl = original

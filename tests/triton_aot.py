@@ -135,6 +135,25 @@ def launcher_calls():
         noisy(meta(2, 4, 32, 32, dtype=dtype), 0.1, 0.1)
     noisy(meta(2, 2, big // 4), 0.1, 0.1)
 
+    # perturbation_noise_grad (the gradient to sigma): one and two grads with every noise branch on
+    # wide samples (chunks of 256 blocks) with narrow offset rows; the other program sizes (a whole
+    # sample per program: 16 to 128 blocks) and wide offset rows with everything on; 64-bit counts.
+    def noise_grad(x, grads, gamma, offset_noise):
+        batch, channels = x.shape[0], x.shape[1]
+        g = meta(x.numel(), dtype=x.dtype)
+        add("noisefast.triton.perturbation:perturbation_noise_grad", perturbation.perturbation_noise_grad,
+            [g] * grads, seed, gamma, offset_noise, batch, x.numel() // batch, x.numel() // (batch * channels), 0)
+
+    for dtype in floats:
+        for grads in (1, 2):
+            for gamma in (0.0, 0.1):
+                for offset_noise in (0.0, 0.1):
+                    noise_grad(meta(2, 64, 4, 4, dtype=dtype), grads, gamma, offset_noise)
+    for dtype in widest:
+        for shape in ((16, 1, 1, 1), (8, 3, 5, 5), (4, 3, 8, 10), (4, 3, 10, 10), (2, 2, 40, 40)):
+            noise_grad(meta(*shape, dtype=dtype), 2, 0.1, 0.1)
+    noise_grad(meta(2, 2, big // 4), 2, 0.1, 0.1)
+
     # The sampled pair: narrow and wide samples over the iCT curriculum's largest table (1281
     # levels); the other search depths (2 and 11 levels).
     def sampled(x, levels):

@@ -86,6 +86,35 @@ inline NormalChunkFn normal_chunk_fn() {
   return &normal_chunk_baseline;
 }
 
+// Where element `offset` of a stream falls: its Philox block, and how many blocks elements
+// offset .. offset + n - 1 span (n > 0).
+inline uint64_t first_noise_block(uint64_t offset) { return offset / kNormalsPerBlock; }
+inline int64_t noise_block_count(int64_t n, uint64_t offset) {
+  return static_cast<int64_t>((offset + static_cast<uint64_t>(n) - 1) / kNormalsPerBlock + 1 - first_noise_block(offset));
+}
+
+// Serially, body(i0, i1, z) for the element ranges of Philox blocks [begin, end) (counted from the
+// first block of element 0), a chunk at a time; z as for for_each_noise_chunk. z is scratch space
+// of kStreams * kChunkNormals floats.
+template <int kStreams, typename Body>
+void noise_chunks_of_blocks(int64_t begin, int64_t end, int64_t n, uint64_t seed,
+                            const std::array<uint64_t, kStreams>& streams, uint64_t offset, NormalChunkFn normal_chunk,
+                            float (*z)[kChunkNormals], const Body& body) {
+  for (int64_t k = begin; k < end; k += kChunkBlocks) {
+    const int count = static_cast<int>(std::min<int64_t>(kChunkBlocks, end - k));
+    const uint64_t q = first_noise_block(offset) + static_cast<uint64_t>(k);
+    for (int s = 0; s < kStreams; ++s) normal_chunk(seed, streams[s], q, count, z[s]);
+    // Element index of the chunk's first normal; negative in the first chunk when offset % 4 != 0.
+    const int64_t j0 = static_cast<int64_t>(q * kNormalsPerBlock - offset);
+    const int64_t i0 = std::max<int64_t>(j0, 0);
+    const int64_t i1 = std::min<int64_t>(j0 + kNormalsPerBlock * count, n);
+    if (i1 <= i0) continue;
+    std::array<const float*, kStreams> at_i0;
+    for (int s = 0; s < kStreams; ++s) at_i0[s] = z[s] + (i0 - j0);
+    body(i0, i1, at_i0);
+  }
+}
+
 // Calls body(i0, i1, z) for consecutive element ranges covering [0, n), in parallel, where
 // z[s][k] is element offset + i0 + k of normal stream streams[s] under seed (one std::array of
 // pointers, one per stream). Each range holds at most kChunkNormals elements; body must only
@@ -94,24 +123,36 @@ template <int kStreams, typename Body>
 void for_each_noise_chunk(int64_t n, uint64_t seed, const std::array<uint64_t, kStreams>& streams,
                           uint64_t offset, const Body& body) {
   if (n <= 0) return;
-  const uint64_t first_block = offset / kNormalsPerBlock;
-  const int64_t num_blocks =
-      static_cast<int64_t>((offset + static_cast<uint64_t>(n) - 1) / kNormalsPerBlock + 1 - first_block);
   const NormalChunkFn normal_chunk = normal_chunk_fn();
-  at::parallel_for(0, num_blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, noise_block_count(n, offset), kBlocksPerTask, [&](int64_t begin, int64_t end) {
     alignas(64) float z[kStreams][kChunkNormals];
-    for (int64_t k = begin; k < end; k += kChunkBlocks) {
-      const int count = static_cast<int>(std::min<int64_t>(kChunkBlocks, end - k));
-      const uint64_t q = first_block + static_cast<uint64_t>(k);
-      for (int s = 0; s < kStreams; ++s) normal_chunk(seed, streams[s], q, count, z[s]);
-      // Element index of the chunk's first normal; negative in the first chunk when offset % 4 != 0.
-      const int64_t j0 = static_cast<int64_t>(q * kNormalsPerBlock - offset);
-      const int64_t i0 = std::max<int64_t>(j0, 0);
-      const int64_t i1 = std::min<int64_t>(j0 + kNormalsPerBlock * count, n);
-      if (i1 <= i0) continue;
-      std::array<const float*, kStreams> at_i0;
-      for (int s = 0; s < kStreams; ++s) at_i0[s] = z[s] + (i0 - j0);
-      body(i0, i1, at_i0);
+    noise_chunks_of_blocks<kStreams>(begin, end, n, seed, streams, offset, normal_chunk, z, body);
+  });
+}
+
+// The fixed split of a walk over n elements into tasks of kBlocksPerTask Philox blocks, for
+// reductions: a task's partial sums do not depend on the number of threads, so neither does the
+// result.
+inline int64_t noise_task_count(int64_t n, uint64_t offset) {
+  return n <= 0 ? 0 : (noise_block_count(n, offset) + kBlocksPerTask - 1) / kBlocksPerTask;
+}
+
+// Calls body(task, i0, i1, z) as for_each_noise_chunk does, task in [0, noise_task_count(n, offset))
+// being the fixed task whose elements [i0, i1) are; the tasks run in parallel, the chunks of one
+// task in order.
+template <int kStreams, typename Body>
+void for_each_noise_chunk_by_task(int64_t n, uint64_t seed, const std::array<uint64_t, kStreams>& streams,
+                                  uint64_t offset, const Body& body) {
+  const int64_t tasks = noise_task_count(n, offset);
+  if (tasks == 0) return;
+  const int64_t blocks = noise_block_count(n, offset);
+  const NormalChunkFn normal_chunk = normal_chunk_fn();
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float z[kStreams][kChunkNormals];
+    for (int64_t t = t0; t < t1; ++t) {
+      noise_chunks_of_blocks<kStreams>(t * kBlocksPerTask, std::min(blocks, (t + 1) * kBlocksPerTask), n, seed,
+                                       streams, offset, normal_chunk, z,
+                                       [&](int64_t i0, int64_t i1, const auto& zs) { body(t, i0, i1, zs); });
     }
   });
 }

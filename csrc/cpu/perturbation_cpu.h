@@ -3,6 +3,8 @@
 //   consistency_pair          x_cur = x + sigma[p] z, x_next = x + sigma_next[p] z, one z
 //   add_noise                 eps = z + k o[c]; x_noisy = alpha[p] x + sigma[p] (eps + g xi); target = eps
 //   sampled_consistency_pair  per-sample levels by inverse CDF (levels.h), then consistency_pair
+//   perturbation_noise_grad   per-sample sums of grad * noise, noise = eps + g xi regenerated from the
+//                             seed: the gradient with respect to sigma of both ops, z never stored
 // with p = i / inner (the sample of element i), c = i / channel_inner (its (sample, channel) row).
 // Semantics and argument conventions: noisefast/reference/perturbation.py. Element i draws element
 // offset + i of each normal stream; one pass over x, the noise never stored.
@@ -24,6 +26,7 @@
 
 #include "noisefast/levels.h"
 #include "noisefast/math_type.h"
+#include "noisefast/perturbation.h"
 #include "noisefast/streams.h"
 #include "normal_stream_cpu.h"
 
@@ -73,6 +76,19 @@ inline void consistency_pair(const at::Tensor& x, uint64_t seed, const at::Tenso
   });
 }
 
+// The offset normals of n elements, one per (sample, channel) row of channel_inner elements (element
+// r of stream kStreamOffset for row r): few, drawn once before a pass. Empty without offset noise.
+inline std::vector<float> offset_normals(int64_t n, uint64_t seed, double offset_noise, int64_t channel_inner) {
+  std::vector<float> offsets;
+  if (offset_noise != 0.0 && n > 0) {
+    offsets.resize(static_cast<size_t>((n - 1) / channel_inner + 1));
+    float* data = offsets.data();
+    for_each_normal(static_cast<int64_t>(offsets.size()), seed, kStreamOffset, 0,
+                    [data](int64_t i, float v) { data[i] = v; });
+  }
+  return offsets;
+}
+
 template <typename scalar_t, typename acc_t, bool kPerturb>
 void add_noise_loop(const scalar_t* x, scalar_t* noisy, scalar_t* target, int64_t n, uint64_t seed,
                     const acc_t* alpha, const acc_t* sigma, acc_t gamma, const float* offsets, acc_t offset_scale,
@@ -93,9 +109,9 @@ void add_noise_loop(const scalar_t* x, scalar_t* noisy, scalar_t* target, int64_
       // z + 0 == z exactly, so no offset noise needs no branch in the loop.
       const acc_t shift = offsets == nullptr ? acc_t(0) : offset_scale * static_cast<acc_t>(offsets[row]);
       for (int64_t i = begin; i < end; ++i) {
-        const acc_t eps = static_cast<acc_t>(zc[i - i0]) + shift;
+        const acc_t eps = offset_eps<acc_t>(zc[i - i0], shift);
         acc_t noise = eps;
-        if constexpr (kPerturb) noise = eps + gamma * static_cast<acc_t>(xic[i - i0]);
+        if constexpr (kPerturb) noise = perturbed_noise<acc_t>(eps, gamma, xic[i - i0]);
         noisy[i] = static_cast<scalar_t>(a * static_cast<acc_t>(x[i]) + s * noise);
         target[i] = static_cast<scalar_t>(eps);
       }
@@ -109,14 +125,7 @@ inline void add_noise(const at::Tensor& x, uint64_t seed, const at::Tensor& alph
                       double input_perturbation, double offset_noise, int64_t sample_inner, int64_t channel_inner,
                       uint64_t offset, at::Tensor& noisy, at::Tensor& target) {
   const int64_t n = x.numel();
-  // The offset normals, one per (sample, channel) row: few, drawn once before the pass.
-  std::vector<float> offsets;
-  if (offset_noise != 0.0 && n > 0) {
-    offsets.resize(static_cast<size_t>((n - 1) / channel_inner + 1));
-    float* data = offsets.data();
-    for_each_normal(static_cast<int64_t>(offsets.size()), seed, kStreamOffset, 0,
-                    [data](int64_t i, float v) { data[i] = v; });
-  }
+  const std::vector<float> offsets = offset_normals(n, seed, offset_noise, channel_inner);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "add_noise_cpu", [&] {
     using acc_t = math_t<scalar_t>;
     const auto run = [&](auto perturb) {
@@ -131,6 +140,107 @@ inline void add_noise(const at::Tensor& x, uint64_t seed, const at::Tensor& alph
     } else {
       run(std::false_type{});
     }
+  });
+}
+
+// sums[k * count + p] += the sum over the elements i of sample p = i / sample_inner of
+// grads[k][i] * noise_i (k < kGrads), noise_i = eps + gamma xi as add_noise draws it (perturbation.h).
+// Products in the math type, sums in double. A fixed split into tasks (normal_stream_cpu.h) makes
+// the result independent of the number of threads: a task owns the samples strictly inside its
+// element range; its first and last samples, which neighbouring tasks may share, are summed per task
+// and added in task order at the end.
+template <typename scalar_t, typename acc_t, int kGrads, bool kPerturb>
+void noise_grad_loop(const std::array<const scalar_t*, kGrads>& grads, double* sums, int64_t count, int64_t n,
+                     uint64_t seed, acc_t gamma, const float* offsets, acc_t offset_scale, int64_t sample_inner,
+                     int64_t channel_inner, uint64_t offset) {
+  constexpr int kStreams = kPerturb ? 2 : 1;
+  std::array<uint64_t, kStreams> streams;
+  streams[0] = kStreamNoise;
+  if constexpr (kPerturb) streams[1] = kStreamPerturbation;
+  const int64_t tasks = noise_task_count(n, offset);
+  const int64_t blocks = noise_block_count(n, offset);
+  // The first and last sample of task t.
+  const auto task_samples = [&](int64_t t) {
+    const int64_t first_block = static_cast<int64_t>(first_noise_block(offset));
+    const int64_t begin = std::max<int64_t>((first_block + t * kBlocksPerTask) * kNormalsPerBlock
+                                            - static_cast<int64_t>(offset), 0);
+    const int64_t end = std::min<int64_t>((first_block + std::min(blocks, (t + 1) * kBlocksPerTask)) * kNormalsPerBlock
+                                          - static_cast<int64_t>(offset), n);
+    return std::array<int64_t, 2>{begin / sample_inner, (end - 1) / sample_inner};
+  };
+  std::vector<double> edges(static_cast<size_t>(tasks) * 2 * kGrads, 0.0);  // [task][first, last][k]
+  for_each_noise_chunk_by_task<kStreams>(n, seed, streams, offset, [&](int64_t t, int64_t i0, int64_t i1, const auto& z) {
+    const float* zc = z[0];
+    const float* xic = z[kStreams - 1];
+    const std::array<int64_t, 2> own = task_samples(t);
+    const int64_t run_inner = offsets == nullptr ? sample_inner : channel_inner;
+    for_each_run(i0, i1, run_inner, [&](int64_t begin, int64_t end, int64_t row) {
+      const int64_t p = begin / sample_inner;
+      const acc_t shift = offsets == nullptr ? acc_t(0) : offset_scale * static_cast<acc_t>(offsets[row]);
+      std::array<double, kGrads> run_sum{};
+      for (int64_t i = begin; i < end; ++i) {
+        const acc_t eps = offset_eps<acc_t>(zc[i - i0], shift);
+        acc_t noise = eps;
+        if constexpr (kPerturb) noise = perturbed_noise<acc_t>(eps, gamma, xic[i - i0]);
+        for (int k = 0; k < kGrads; ++k) run_sum[k] += static_cast<double>(static_cast<acc_t>(grads[k][i]) * noise);
+      }
+      double* target = p == own[0]   ? &edges[static_cast<size_t>(t * 2) * kGrads]
+                       : p == own[1] ? &edges[static_cast<size_t>(t * 2 + 1) * kGrads]
+                                     : nullptr;
+      for (int k = 0; k < kGrads; ++k) {
+        if (target != nullptr) {
+          target[k] += run_sum[k];
+        } else {
+          sums[k * count + p] += run_sum[k];
+        }
+      }
+    });
+  });
+  for (int64_t t = 0; t < tasks; ++t) {
+    const std::array<int64_t, 2> own = task_samples(t);
+    for (int k = 0; k < kGrads; ++k) {
+      sums[k * count + own[0]] += edges[static_cast<size_t>(t * 2) * kGrads + k];
+      if (own[1] != own[0]) sums[k * count + own[1]] += edges[static_cast<size_t>(t * 2 + 1) * kGrads + k];
+    }
+  }
+}
+
+// The gradient of consistency_pair (gamma = offset_noise = 0) and add_noise with respect to their
+// per-sample sigma: out[k][p] = sum over sample p (p = i / sample_inner < count) of grads[k][i] * noise_i.
+// grads: 1 or 2 contiguous tensors of one dtype and size; out: [len(grads), count], contiguous, in
+// the math type of the grads.
+inline void perturbation_noise_grad(const std::vector<at::Tensor>& grads, uint64_t seed, double input_perturbation,
+                                    double offset_noise, int64_t sample_inner, int64_t channel_inner, uint64_t offset,
+                                    at::Tensor& out) {
+  const int64_t n = grads[0].numel();
+  const int64_t count = out.size(1);
+  const std::vector<float> offsets = offset_normals(n, seed, offset_noise, channel_inner);
+  std::vector<double> sums(static_cast<size_t>(grads.size() * count), 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "perturbation_noise_grad_cpu", [&] {
+    using acc_t = math_t<scalar_t>;
+    const auto run = [&](auto perturb, auto num_grads) {
+      constexpr int kGrads = decltype(num_grads)::value;
+      std::array<const scalar_t*, kGrads> data;
+      for (int k = 0; k < kGrads; ++k) data[k] = grads[k].data_ptr<scalar_t>();
+      noise_grad_loop<scalar_t, acc_t, kGrads, decltype(perturb)::value>(
+          data, sums.data(), count, n, seed, static_cast<acc_t>(input_perturbation),
+          offsets.empty() ? nullptr : offsets.data(), static_cast<acc_t>(offset_noise), sample_inner, channel_inner,
+          offset);
+    };
+    const auto with_grads = [&](auto perturb) {
+      if (grads.size() == 2) {
+        run(perturb, std::integral_constant<int, 2>{});
+      } else {
+        run(perturb, std::integral_constant<int, 1>{});
+      }
+    };
+    if (input_perturbation != 0.0) {
+      with_grads(std::true_type{});
+    } else {
+      with_grads(std::false_type{});
+    }
+    acc_t* out_data = out.data_ptr<acc_t>();
+    for (size_t j = 0; j < sums.size(); ++j) out_data[j] = static_cast<acc_t>(sums[j]);
   });
 }
 

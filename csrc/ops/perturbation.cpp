@@ -1,6 +1,7 @@
-// Torch-facing C++ of the perturbation ops noisefast_C::consistency_pair, add_noise and
-// sampled_consistency_pair (schemas: noisefast/ops/perturbation.py): the kernels' preconditions,
-// the per-sample values and outputs, and the registration of the CPU kernels
+// Torch-facing C++ of the perturbation ops noisefast_C::consistency_pair, add_noise,
+// sampled_consistency_pair and perturbation_noise_grad (their gradient with respect to sigma;
+// schemas: noisefast/ops/perturbation.py): the kernels' preconditions, the per-sample values and
+// outputs, and the registration of the CPU kernels
 // (csrc/cpu/perturbation_cpu.h). On GPUs these ops run their Triton kernels
 // (noisefast/triton/perturbation.py); they have no CUDA C++ kernels.
 #include <ATen/ATen.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 #include "cpu/outputs_cpu.h"
 #include "cpu/perturbation_cpu.h"
@@ -84,12 +86,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {cur, next, sigma, sigma_next, weight, index};
 }
 
+at::Tensor perturbation_noise_grad_cpu(at::TensorList grads_in, const at::Tensor& seed, double input_perturbation,
+                                       double offset_noise, int64_t count, int64_t sample_inner, int64_t channel_inner,
+                                       int64_t offset) {
+  TORCH_CHECK(grads_in.size() == 1 || grads_in.size() == 2, "noisefast: perturbation_noise_grad takes 1 or 2 grads, got ",
+              grads_in.size());
+  TORCH_CHECK(sample_inner >= 1 && channel_inner >= 1, "noisefast: sample_inner and channel_inner must be >= 1");
+  check_nonnegative(count, "count");
+  check_nonnegative(offset, "offset");
+  const uint64_t seed_value = read_seed_on_cpu(seed);
+  std::vector<at::Tensor> grads;
+  for (const at::Tensor& g : grads_in) {
+    TORCH_CHECK(g.device().is_cpu() && g.scalar_type() == grads_in[0].scalar_type() &&
+                    g.numel() == grads_in[0].numel(),
+                "noisefast: the grads must be CPU tensors of one dtype and size");
+    grads.push_back(g.contiguous());
+  }
+  const int64_t n = grads[0].numel();
+  TORCH_CHECK(n == 0 || (n - 1) / sample_inner < count, "noisefast: ", n, " elements of ", sample_inner,
+              " per sample need more than ", count, " samples");
+  at::Tensor out = at::empty({static_cast<int64_t>(grads.size()), count},
+                             grads[0].options().dtype(math_scalar_type(grads[0].scalar_type())));
+  cpu::perturbation_noise_grad(grads, seed_value, input_perturbation, offset_noise, sample_inner, channel_inner,
+                               static_cast<uint64_t>(offset), out);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(noisefast_C, CPU, m) {
   m.impl("consistency_pair", &consistency_pair_cpu);
   m.impl("add_noise", &add_noise_cpu);
   m.impl("sampled_consistency_pair", &sampled_consistency_pair_cpu);
+  m.impl("perturbation_noise_grad", &perturbation_noise_grad_cpu);
 }
 
 }  // namespace noisefast

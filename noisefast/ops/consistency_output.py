@@ -88,13 +88,13 @@ def _backward(ctx, grad):
     want_raw, want_x, want_sigma = ctx.needs_input_grad[:3]
     if not (want_raw or want_x or want_sigma):
         return None, None, None, None, None
-    grad_raw, grad_x, grad_sigma = consistency_output_backward_op(
+    grad_raw, grad_x, grad_sigma = BACKWARD.call(
         grad, raw, x, sigma, ctx.sigma_data, ctx.sigma_min, want_raw, want_x, want_sigma)
     return (grad_raw if want_raw else None, grad_x if want_x else None,
             grad_sigma.to(sigma.dtype) if want_sigma else None, None, None)
 
 
-consistency_output_forward_op.register_autograd(_backward, setup_context=_setup_context)
+FORWARD.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _sigma_tensor(sigma, raw: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ def consistency_output(raw: torch.Tensor, x: torch.Tensor, sigma: Union[float, t
     if x.dtype != raw.dtype:
         common = torch.promote_types(raw.dtype, x.dtype)
         raw, x = raw.to(common), x.to(common)
-    return consistency_output_forward_op(raw, x, sigma, sigma_data, sigma_min)
+    return FORWARD.call(raw, x, sigma, sigma_data, sigma_min)
 
 
 def consistency_scalings(sigma: Union[float, torch.Tensor], sigma_data: float = 0.5,

@@ -63,7 +63,7 @@ def _backward(ctx, grad):
     return grad_x, None, None, grad_scale, None, None
 
 
-gaussian_noise_op.register_autograd(_backward, setup_context=_setup_context)
+KERNELS.register_autograd(_backward, setup_context=_setup_context)
 
 
 def broadcast_as_scale(std: torch.Tensor, shape: torch.Size) -> Tuple[torch.Tensor, int]:
@@ -74,6 +74,8 @@ def broadcast_as_scale(std: torch.Tensor, shape: torch.Size) -> Tuple[torch.Tens
     sample [B,1,1,1], per channel [C,1,1], per column [W], a full tensor); otherwise std is
     expanded to ``shape`` (inner = 1), which costs memory but is always right.
     """
+    if std.dim() == 0:  # the common scalar tensor, without the general walk below
+        return std.reshape(1), 1
     padded = (1,) * (len(shape) - std.dim()) + tuple(std.shape)
     varying = [d for d, s in enumerate(padded) if s != 1]
     if not varying:
@@ -112,7 +114,13 @@ def gaussian_noise(x: torch.Tensor, std: Union[float, torch.Tensor], *, training
     std_value, scale, inner = noise_scale(x, std)
     if not training:
         return x
-    return gaussian_noise_op(x, draw_seed(x.device, generator), std_value, scale, inner)
+    return KERNELS.call(x, draw_seed(x.device, generator), std_value, scale, inner, False)
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` (torch.broadcast_shapes(shape, target)
+    == target), in plain Python: torch.broadcast_shapes costs ~50 us per call."""
+    return len(shape) <= len(target) and all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
 
 
 def noise_scale(x: torch.Tensor, std: Union[float, torch.Tensor]) -> Tuple[float, Optional[torch.Tensor], int]:
@@ -126,11 +134,7 @@ def noise_scale(x: torch.Tensor, std: Union[float, torch.Tensor]) -> Tuple[float
             raise TypeError(f"std must be a float tensor, got {std.dtype}")
         if std.device != x.device and not (std.dim() == 0 and std.device.type == "cpu"):
             raise ValueError(f"std is on {std.device} but x is on {x.device}")
-        try:
-            broadcast = torch.broadcast_shapes(std.shape, x.shape)
-        except RuntimeError:
-            broadcast = None
-        if broadcast != x.shape:
+        if not _broadcasts_to(std.shape, x.shape):
             raise ValueError(f"std of shape {tuple(std.shape)} does not broadcast to x of shape {tuple(x.shape)}")
         if std.device != x.device:  # a 0-d CPU std: no host-to-device copy
             std = scalar_on(std, x.device, std.dtype, ())

@@ -69,7 +69,7 @@ def _backward(ctx, grad):
     return grad_x.to(grad.dtype), None, None
 
 
-mix_rows_op.register_autograd(_backward, setup_context=_setup_context)
+KERNELS.register_autograd(_backward, setup_context=_setup_context)
 
 
 def mix_rows(x: torch.Tensor, index: torch.Tensor, lam: Union[float, torch.Tensor]) -> torch.Tensor:
@@ -102,7 +102,7 @@ def mix_rows(x: torch.Tensor, index: torch.Tensor, lam: Union[float, torch.Tenso
     if index.device != x.device:
         raise ValueError(f"index is on {index.device} but x is on {x.device}")
     lam = as_lam_tensor(lam, x.device)
-    return mix_rows_op(x, index, lam)
+    return KERNELS.call(x, index, lam)
 
 
 def as_lam_tensor(lam, device: torch.device) -> torch.Tensor:

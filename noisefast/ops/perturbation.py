@@ -13,11 +13,14 @@ The ops ``noisefast::consistency_pair`` and ``noisefast::add_noise`` take per-sa
 tensors of the math dtype (see noisefast/reference/perturbation.py for the conventions). z, xi
 and o come from streams STREAM_NOISE, STREAM_PERTURBATION and STREAM_OFFSET of one seed; the
 kernels never store them, and backward regenerates them from the seed: autograd saves the seed and
-the [B] per-sample values (x too when alpha requires grad), never the noise.
+the [B] per-sample values (x too when alpha requires grad), never the noise. The gradient with
+respect to a tensor sigma, per-sample sums of grad * noise, is the op
+``noisefast::perturbation_noise_grad``: the noise is regenerated inside the reduction, so the
+backward allocates nothing larger than [B] (benchmarks/memory_backward.py).
 
-The three ops share their kernel files (csrc/cpu/perturbation_cpu.cpp, noisefast/triton/
-perturbation.py) and their reference (noisefast/reference/perturbation.py): the "perturbation"
-family.
+The four ops share their kernel files (csrc/cpu/perturbation_cpu.h, noisefast/triton/
+perturbation.py), their per-element noise (csrc/include/noisefast/perturbation.h) and their
+reference (noisefast/reference/perturbation.py): the "perturbation" family.
 """
 from __future__ import annotations
 
@@ -32,8 +35,7 @@ from .._checks import (check_finite_values, check_float_tensor, check_nonnegativ
 from .._dtypes import math_dtype
 from .._library import Kernels
 from .._scalars import scalar_on
-from ..random import STREAM_NOISE, draw_seed
-from .randn import randn_out
+from ..random import draw_seed
 
 Scalar = Union[float, torch.Tensor]
 
@@ -46,6 +48,30 @@ def _sum_per_sample(values: torch.Tensor, count: int, numel: int, dtype: torch.d
     if numel == 0:
         return torch.zeros(count, dtype=dtype, device=values.device)
     return values.reshape(count, -1).to(dtype).sum(dim=1)
+
+
+# ---- noisefast::perturbation_noise_grad: the gradient with respect to sigma ---------------------------
+
+@torch.library.custom_op("noisefast::perturbation_noise_grad", mutates_args=())
+def perturbation_noise_grad_op(grads: List[torch.Tensor], seed: torch.Tensor, input_perturbation: float,
+                               offset_noise: float, count: int, sample_inner: int, channel_inner: int,
+                               offset: int) -> torch.Tensor:
+    """[len(grads), count] in the math dtype: entry (k, p) = sum over the elements i of sample
+    p = i // sample_inner of grads[k][i] * noise_i, where noise_i = eps_i + input_perturbation *
+    xi_i is what sigma multiplies in add_noise under ``seed`` (consistency_pair: both scales 0,
+    noise = z). The noise is regenerated inside the reduction, never stored. grads: 1 or 2 tensors
+    of x's dtype and size (the two outputs of consistency_pair)."""
+    return NOISE_GRAD_KERNELS(grads[0].device, grads, seed, input_perturbation, offset_noise, count, sample_inner,
+                              channel_inner, offset)
+
+
+@perturbation_noise_grad_op.register_fake
+def _(grads, seed, input_perturbation, offset_noise, count, sample_inner, channel_inner, offset):
+    return grads[0].new_empty((len(grads), count), dtype=math_dtype(grads[0].dtype))
+
+
+NOISE_GRAD_KERNELS = Kernels(perturbation_noise_grad_op, public="perturbation_noise_grad", reference=PERTURBATION,
+                             triton=PERTURBATION_TRITON)
 
 
 # ---- noisefast::consistency_pair -----------------------------------------------------------------
@@ -73,7 +99,8 @@ PAIR_KERNELS = Kernels(consistency_pair_op, public="consistency_pair", reference
 
 def _pair_setup_context(ctx, inputs, output):
     x, seed, sigma, sigma_next, inner, offset, _ = inputs
-    ctx.numel, ctx.offset = x.numel(), offset
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a full-size zero tensor
+    ctx.inner, ctx.offset = inner, offset
     ctx.save_for_backward(seed, sigma)
 
 
@@ -81,24 +108,20 @@ def _pair_backward(ctx, grad_cur, grad_next):
     seed, sigma = ctx.saved_tensors
     grads = [g for g in (grad_cur, grad_next) if g is not None]
     grad_x = (grads[0] + grads[1] if len(grads) == 2 else grads[0]) if ctx.needs_input_grad[0] and grads else None
-    grad_sigma = grad_sigma_next = None
-    if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-        # d x_cur / d sigma[p] = z over sample p's elements: regenerate z from the seed.
-        z = torch.empty(ctx.numel, dtype=torch.float32, device=sigma.device)
-        randn_out(z, seed, STREAM_NOISE, ctx.offset)
-        count = sigma.numel()
-
-        def per_sample(g):
-            if g is None:
-                return torch.zeros_like(sigma)
-            return _sum_per_sample(g.reshape(-1).to(sigma.dtype) * z.to(sigma.dtype), count, ctx.numel, sigma.dtype)
-
-        grad_sigma = per_sample(grad_cur) if ctx.needs_input_grad[2] else None
-        grad_sigma_next = per_sample(grad_next) if ctx.needs_input_grad[3] else None
+    # d x_cur / d sigma[p] = z over sample p's elements: per-sample sums of grad * z, z regenerated
+    # from the seed inside the reduction (perturbation_noise_grad), one pass for both outputs.
+    wanted = [g if needed else None for g, needed in ((grad_cur, ctx.needs_input_grad[2]),
+                                                       (grad_next, ctx.needs_input_grad[3]))]
+    present = [g for g in wanted if g is not None]
+    sums = iter(NOISE_GRAD_KERNELS.call(present, seed, 0.0, 0.0, sigma.numel(), ctx.inner, 1, ctx.offset)
+                if present else ())
+    grad_sigma, grad_sigma_next = (
+        (next(sums).to(sigma.dtype) if g is not None else torch.zeros_like(sigma)) if needed else None
+        for g, needed in zip(wanted, ctx.needs_input_grad[2:4]))
     return grad_x, None, grad_sigma, grad_sigma_next, None, None, None
 
 
-consistency_pair_op.register_autograd(_pair_backward, setup_context=_pair_setup_context)
+PAIR_KERNELS.register_autograd(_pair_backward, setup_context=_pair_setup_context)
 
 
 # ---- noisefast::add_noise ------------------------------------------------------------------------
@@ -126,6 +149,7 @@ ADD_NOISE_KERNELS = Kernels(add_noise_op, public="add_noise", reference=PERTURBA
 
 def _add_noise_setup_context(ctx, inputs, output):
     x, seed, alpha, sigma, input_perturbation, offset_noise, sample_inner, channel_inner, offset, _ = inputs
+    ctx.set_materialize_grads(False)  # the target's gradient (unused) stays None, not a full-size zero tensor
     ctx.args = (input_perturbation, offset_noise, sample_inner, channel_inner, offset)
     ctx.x_shape, ctx.x_dtype, ctx.numel = x.shape, x.dtype, x.numel()
     ctx.save_for_backward(seed, alpha, sigma, x if ctx.needs_input_grad[2] else None)
@@ -138,23 +162,21 @@ def _add_noise_backward(ctx, grad_noisy, grad_target):
     grad_x = grad_alpha = grad_sigma = None
     if grad_noisy is None:
         return None, None, None, None, None, None, None, None, None, None
-    g = grad_noisy.reshape(-1).to(acc)
+    g = grad_noisy.reshape(-1).to(acc) if ctx.needs_input_grad[0] or ctx.needs_input_grad[2] else None
     if ctx.needs_input_grad[0]:
         per_element = g if ctx.numel == 0 else (g.reshape(count, -1) * alpha.view(count, 1)).reshape(-1)
         grad_x = per_element.to(ctx.x_dtype).view(ctx.x_shape)
     if ctx.needs_input_grad[2]:
         grad_alpha = _sum_per_sample(g * x.reshape(-1).to(acc), count, ctx.numel, acc)
     if ctx.needs_input_grad[3]:
-        # d x_noisy / d sigma[p] = eps + gamma xi: the same kernel with alpha = 0, sigma = 1 on zeros
-        # (in the math dtype) returns exactly that noise, regenerated from the seed.
-        zeros = torch.zeros(ctx.numel, dtype=acc, device=g.device)
-        noise, _ = add_noise_op(zeros, seed, torch.zeros_like(alpha), torch.ones_like(sigma),
-                                input_perturbation, offset_noise, sample_inner, channel_inner, offset, True)
-        grad_sigma = _sum_per_sample(g * noise, count, ctx.numel, acc)
+        # d x_noisy / d sigma[p] = eps + gamma xi: per-sample sums of grad * noise, the noise
+        # regenerated from the seed inside the reduction, never stored.
+        grad_sigma = NOISE_GRAD_KERNELS.call([grad_noisy], seed, input_perturbation, offset_noise, count,
+                                                sample_inner, channel_inner, offset)[0].to(sigma.dtype)
     return grad_x, None, grad_alpha, grad_sigma, None, None, None, None, None, None
 
 
-add_noise_op.register_autograd(_add_noise_backward, setup_context=_add_noise_setup_context)
+ADD_NOISE_KERNELS.register_autograd(_add_noise_backward, setup_context=_add_noise_setup_context)
 
 
 # ---- public functions ----------------------------------------------------------------------------
@@ -194,8 +216,10 @@ def per_sample_arguments(x: torch.Tensor, values: Dict[str, Scalar], *,
         if isinstance(value, torch.Tensor):
             if value.dim() == 0 and value.device != x.device:
                 t = scalar_on(value, x.device, acc)  # no host-to-device copy
-            else:
-                t = value.to(device=x.device, dtype=acc).reshape(-1)
+            else:  # (each skipped call saves ~2 us on small tensors)
+                t = value if value.dtype == acc and value.device == x.device else value.to(device=x.device, dtype=acc)
+                if t.dim() != 1:
+                    t = t.reshape(-1)
             tensors.append(t.expand(count) if t.numel() == 1 and count != 1 else t)
         else:
             tensors.append(torch.full((count,), float(value), dtype=acc, device=x.device))
@@ -231,7 +255,7 @@ def consistency_pair(x: torch.Tensor, sigma: Scalar, sigma_next: Scalar, *,
     (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next},
                                                   nonnegative=("sigma", "sigma_next"))
     checked = not any(isinstance(v, torch.Tensor) for v in (sigma, sigma_next))
-    return consistency_pair_op(x, draw_seed(x.device, generator), sig, sig_next, inner, 0, checked)
+    return PAIR_KERNELS.call(x, draw_seed(x.device, generator), sig, sig_next, inner, 0, checked)
 
 
 def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_perturbation: float = 0.0,
@@ -272,7 +296,7 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
     if not isinstance(alpha, torch.Tensor) and not math.isfinite(float(alpha)):
         raise ValueError(f"alpha must be finite, got {float(alpha)}")
     checked = not any(isinstance(v, torch.Tensor) for v in (alpha, sigma))
-    return add_noise_op(x, draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale,
+    return ADD_NOISE_KERNELS.call(x, draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale,
                         sample_inner, channel_inner, 0, checked)
 
 
@@ -340,7 +364,7 @@ def _sampled_backward(ctx, grad_cur, grad_next, *unused):
     return grad_x, None, None, None, None
 
 
-sampled_consistency_pair_op.register_autograd(_sampled_backward, setup_context=_sampled_setup_context)
+SAMPLED_PAIR_KERNELS.register_autograd(_sampled_backward, setup_context=_sampled_setup_context)
 
 
 def check_level_table(sigmas: torch.Tensor, cdf: torch.Tensor, num_levels=None):

@@ -81,12 +81,12 @@ def _backward(ctx, grad):
     want_input, want_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (want_input or want_target):
         return None, None, None, None
-    grad_input, grad_target = pseudo_huber_backward(grad.to(loss.dtype).contiguous(), input, target, loss, ctx.c,
+    grad_input, grad_target = BACKWARD.call(grad.to(loss.dtype).contiguous(), input, target, loss, ctx.c,
                                                     ctx.per_sample, want_input, want_target)
     return (grad_input if want_input else None), (grad_target if want_target else None), None, None
 
 
-pseudo_huber_forward.register_autograd(_backward, setup_context=_setup_context)
+FORWARD.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_weight(weight, input: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,7 @@ def pseudo_huber_loss(input: torch.Tensor, target: torch.Tensor, *, c: Optional[
     if target.dtype != input.dtype:
         common = torch.promote_types(input.dtype, target.dtype)
         input, target = input.to(common), target.to(common)
-    loss = pseudo_huber_forward(input, target, float(c), per_sample)
+    loss = FORWARD.call(input, target, float(c), per_sample)
     if weight is not None:
         loss = loss * weight.to(loss.dtype)
     if reduction == "sum":

@@ -16,7 +16,7 @@ Formulas: docs/formulas.md, "iCT" (consistency pairs) and "Input perturbation an
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 
@@ -50,6 +50,22 @@ def consistency_pair(x: torch.Tensor, seed: torch.Tensor, sigma: torch.Tensor, s
     return x_cur.to(x.dtype).view(x.shape), x_next.to(x.dtype).view(x.shape)
 
 
+def _add_noise_noise(n: int, seed: int, input_perturbation: float, offset_noise: float, channel_inner: int,
+                     offset: int, acc: torch.dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(eps, noise) of add_noise's n elements in the math dtype acc: eps = z + offset_noise * o,
+    noise = eps + input_perturbation * xi (what sigma multiplies)."""
+    eps = normal_stream(n, seed, STREAM_NOISE, offset, device=device).to(acc)
+    if offset_noise != 0.0 and n > 0:
+        channels = (n - 1) // channel_inner + 1
+        o = normal_stream(channels, seed, STREAM_OFFSET, 0, device=device)
+        eps = eps + torch.tensor(offset_noise, dtype=acc) * _per_element(o, n, channel_inner, acc)
+    noise = eps
+    if input_perturbation != 0.0:
+        xi = normal_stream(n, seed, STREAM_PERTURBATION, offset, device=device).to(acc)
+        noise = eps + torch.tensor(input_perturbation, dtype=acc) * xi
+    return eps, noise
+
+
 def add_noise(x: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
               input_perturbation: float, offset_noise: float, sample_inner: int, channel_inner: int,
               offset: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -64,19 +80,31 @@ def add_noise(x: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, sigma: t
     """
     acc = math_dtype(x.dtype)
     n = x.numel()
-    s = _seed(seed)
-    eps = normal_stream(n, s, STREAM_NOISE, offset, device=x.device).to(acc)
-    if offset_noise != 0.0 and n > 0:
-        channels = (n - 1) // channel_inner + 1
-        o = normal_stream(channels, s, STREAM_OFFSET, 0, device=x.device)
-        eps = eps + torch.tensor(offset_noise, dtype=acc) * _per_element(o, n, channel_inner, acc)
-    noise = eps
-    if input_perturbation != 0.0:
-        xi = normal_stream(n, s, STREAM_PERTURBATION, offset, device=x.device).to(acc)
-        noise = eps + torch.tensor(input_perturbation, dtype=acc) * xi
+    eps, noise = _add_noise_noise(n, _seed(seed), input_perturbation, offset_noise, channel_inner, offset, acc,
+                                  x.device)
     x_noisy = (_per_element(alpha, n, sample_inner, acc) * x.reshape(-1).to(acc)
                + _per_element(sigma, n, sample_inner, acc) * noise)
     return x_noisy.to(x.dtype).view(x.shape), eps.to(x.dtype).view(x.shape)
+
+
+def perturbation_noise_grad(grads: List[torch.Tensor], seed: torch.Tensor, input_perturbation: float,
+                            offset_noise: float, count: int, sample_inner: int, channel_inner: int,
+                            offset: int) -> torch.Tensor:
+    """Kernel-level reference of ``noisefast_C::perturbation_noise_grad``, the gradient of
+    :func:`add_noise` (and of :func:`consistency_pair`: both scales 0) with respect to sigma.
+
+    out[k, p] = sum over i with i // sample_inner == p of grads[k][i] * noise[i], noise as in
+    :func:`add_noise` (eps + input_perturbation * xi); [len(grads), count] in the math dtype.
+    """
+    acc = math_dtype(grads[0].dtype)
+    n = grads[0].numel()
+    _, noise = _add_noise_noise(n, _seed(seed), input_perturbation, offset_noise, channel_inner, offset, acc,
+                                grads[0].device)
+    sample = torch.arange(n, device=noise.device) // sample_inner
+    out = torch.zeros(len(grads), count, dtype=acc, device=noise.device)
+    for k, g in enumerate(grads):
+        out[k].index_add_(0, sample, g.reshape(-1).to(acc) * noise)
+    return out
 
 
 def inverse_cdf_index(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

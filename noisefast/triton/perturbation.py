@@ -1,4 +1,4 @@
-"""Triton kernels of the perturbation ops (noisefast_C::consistency_pair, add_noise,
+"""Triton kernels of the perturbation ops (noisefast_C::consistency_pair, add_noise, perturbation_noise_grad,
 sampled_consistency_pair): one pass over x, noise drawn in registers from the portable stream.
 
 Conventions (noisefast/reference/perturbation.py): element i of x draws element offset + i of
@@ -90,17 +90,13 @@ def _consistency_pair_kernel(x_ptr, cur_ptr, next_ptr, seed_ptr, sigma_ptr, sigm
 
 
 @triton.jit
-def _add_noise_kernel(x_ptr, noisy_ptr, target_ptr, seed_ptr, alpha_ptr, sigma_ptr, gamma, offset_scale,
-                      params_ptr, n, sample_inner, channel_inner, offset,
-                      PERTURB: tl.constexpr, OFFSET_NOISE: tl.constexpr, WIDE_SAMPLE: tl.constexpr,
-                      WIDE_ROW: tl.constexpr, PARAMS_IN_MEMORY: tl.constexpr, BLOCKS: tl.constexpr):
-    seed = tl.load(seed_ptr)
-    q, i, i_first = _positions(offset, BLOCKS)
-    mask = (i >= 0) & (i < n)
-    acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    if PARAMS_IN_MEMORY:  # float64 data: Python floats would reach the kernel as float32
-        gamma = tl.load(params_ptr)
-        offset_scale = tl.load(params_ptr + 1)
+def _add_noise_noise(seed, q, i, i_first, gamma, offset_scale, channel_inner, like_ptr, PERTURB: tl.constexpr,
+                     OFFSET_NOISE: tl.constexpr, WIDE_ROW: tl.constexpr):
+    """(eps, noise) of elements i (Philox blocks q, first element i_first) in the math dtype of
+    like_ptr's data: eps = z + offset_scale * o (the target), noise = eps + gamma * xi (what sigma
+    multiplies); csrc/include/noisefast/perturbation.h. WIDE_ROW: the elements span at most two
+    offset-noise rows."""
+    acc_ty = tl.float64 if like_ptr.dtype.element_ty == tl.float64 else tl.float32
     eps = _noise(seed, _NOISE, q).to(acc_ty)
     if OFFSET_NOISE:
         if WIDE_ROW:
@@ -112,12 +108,60 @@ def _add_noise_kernel(x_ptr, noisy_ptr, target_ptr, seed_ptr, alpha_ptr, sigma_p
     noise = eps
     if PERTURB:
         noise = eps + gamma * _noise(seed, _PERTURBATION, q).to(acc_ty)
+    return eps, noise
+
+
+@triton.jit
+def _add_noise_kernel(x_ptr, noisy_ptr, target_ptr, seed_ptr, alpha_ptr, sigma_ptr, gamma, offset_scale,
+                      params_ptr, n, sample_inner, channel_inner, offset,
+                      PERTURB: tl.constexpr, OFFSET_NOISE: tl.constexpr, WIDE_SAMPLE: tl.constexpr,
+                      WIDE_ROW: tl.constexpr, PARAMS_IN_MEMORY: tl.constexpr, BLOCKS: tl.constexpr):
+    seed = tl.load(seed_ptr)
+    q, i, i_first = _positions(offset, BLOCKS)
+    mask = (i >= 0) & (i < n)
+    acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    if PARAMS_IN_MEMORY:  # float64 data: Python floats would reach the kernel as float32
+        gamma = tl.load(params_ptr)
+        offset_scale = tl.load(params_ptr + 1)
+    eps, noise = _add_noise_noise(seed, q, i, i_first, gamma, offset_scale, channel_inner, x_ptr,
+                                  PERTURB, OFFSET_NOISE, WIDE_ROW)
     p = _row_of(i, i_first, sample_inner, WIDE_SAMPLE)
     a = tl.load(alpha_ptr + p, mask=mask, other=0.0).to(acc_ty)
     s = tl.load(sigma_ptr + p, mask=mask, other=0.0).to(acc_ty)
     x = tl.load(x_ptr + i, mask=mask, other=0.0).to(acc_ty)
     tl.store(noisy_ptr + i, (a * x + s * noise).to(noisy_ptr.dtype.element_ty), mask=mask)
     tl.store(target_ptr + i, eps.to(target_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _noise_grad_kernel(g0_ptr, g1_ptr, partial_ptr, seed_ptr, gamma, offset_scale, params_ptr, n, sample_inner,
+                       channel_inner, offset, chunks, programs, TWO: tl.constexpr, PERTURB: tl.constexpr,
+                       OFFSET_NOISE: tl.constexpr, WIDE_ROW: tl.constexpr, PARAMS_IN_MEMORY: tl.constexpr,
+                       BLOCKS: tl.constexpr):
+    """Program (sample p, chunk c): the sum of g * noise over the elements of sample p that lie in
+    Philox blocks c * BLOCKS .. of the sample's blocks, stored at partial[pid] (and g1's at
+    partial[programs + pid]); the launcher adds a sample's chunks in order."""
+    seed = tl.load(seed_ptr)
+    pid = tl.program_id(0).to(tl.int64)
+    p = pid // chunks
+    row_start = p * sample_inner
+    row_end = tl.minimum(row_start + sample_inner, n)
+    q0 = (offset + row_start) // 4 + (pid - p * chunks) * BLOCKS
+    q = q0 + tl.arange(0, BLOCKS)
+    i_first = q0 * 4 - offset
+    i = i_first + tl.arange(0, 4 * BLOCKS)
+    mask = (i >= row_start) & (i < row_end)
+    acc_ty = tl.float64 if g0_ptr.dtype.element_ty == tl.float64 else tl.float32
+    if PARAMS_IN_MEMORY:  # float64 data, as in _add_noise_kernel
+        gamma = tl.load(params_ptr)
+        offset_scale = tl.load(params_ptr + 1)
+    _, noise = _add_noise_noise(seed, q, i, i_first, gamma, offset_scale, channel_inner, g0_ptr,
+                                PERTURB, OFFSET_NOISE, WIDE_ROW)
+    g0 = tl.load(g0_ptr + i, mask=mask, other=0.0).to(acc_ty)
+    tl.store(partial_ptr + pid, tl.sum(tl.where(mask, g0 * noise, 0.0), axis=0))
+    if TWO:
+        g1 = tl.load(g1_ptr + i, mask=mask, other=0.0).to(acc_ty)
+        tl.store(partial_ptr + programs + pid, tl.sum(tl.where(mask, g1 * noise, 0.0), axis=0))
 
 
 @triton.jit
@@ -179,6 +223,17 @@ def consistency_pair(x, seed, sigma, sigma_next, inner: int, offset: int):
     return cur, nxt
 
 
+def _scale_params(input_perturbation: float, offset_noise: float, acc: torch.dtype, device, fallback):
+    """(params, in_memory): for float64 math the two scales as a float64 tensor (Python floats would
+    reach a kernel as float32), made by two fills: no host-to-device copy (CUDA-graph capture
+    refuses those); else ``fallback``, an unused pointer."""
+    if acc != torch.float64:
+        return fallback, False
+    params = torch.full((2,), input_perturbation, dtype=torch.float64, device=device)
+    params[1:].fill_(offset_noise)
+    return params, True
+
+
 @on_tensor_device
 def add_noise(x, seed, alpha, sigma, input_perturbation: float, offset_noise: float, sample_inner: int,
               channel_inner: int, offset: int):
@@ -189,11 +244,7 @@ def add_noise(x, seed, alpha, sigma, input_perturbation: float, offset_noise: fl
         return noisy, target
     acc = math_dtype(x.dtype)
     alpha, sigma = alpha.to(acc).contiguous(), sigma.to(acc).contiguous()
-    params_in_memory = acc == torch.float64
-    params = sigma
-    if params_in_memory:  # two fills: no host-to-device copy (CUDA-graph capture refuses those)
-        params = torch.full((2,), input_perturbation, dtype=torch.float64, device=x.device)
-        params[1:].fill_(offset_noise)
+    params, params_in_memory = _scale_params(input_perturbation, offset_noise, acc, x.device, sigma)
     grid = (triton.cdiv(_num_blocks(n, offset), BLOCKS_PER_PROGRAM),)
     _add_noise_kernel[grid](
         x, noisy, target, seed, alpha, sigma, float(input_perturbation), float(offset_noise), params,
@@ -230,3 +281,34 @@ def sampled_consistency_pair(x, seed, sigmas, cdf, offset: int):
         WIDE=inner >= ELEMENTS_PER_PROGRAM, STEPS=search_steps(m), BLOCKS=BLOCKS_PER_PROGRAM,
         SAMPLES=SAMPLES_PER_PROGRAM)
     return cur, nxt, sigma, sigma_next, weight, index
+
+
+def _grad_blocks(sample_inner: int) -> int:
+    """Philox blocks per program of the sigma gradient: a whole sample when it is small (at least 16
+    blocks), else 256 blocks per chunk."""
+    return min(BLOCKS_PER_PROGRAM, max(16, triton.next_power_of_2((sample_inner + 3) // 4 + 1)))
+
+
+@on_tensor_device
+def perturbation_noise_grad(grads, seed, input_perturbation: float, offset_noise: float, count: int,
+                            sample_inner: int, channel_inner: int, offset: int):
+    grads = [g.contiguous() for g in grads]
+    n = grads[0].numel()
+    acc = math_dtype(grads[0].dtype)
+    out = torch.zeros((len(grads), count), dtype=acc, device=grads[0].device)
+    if n == 0:
+        return out
+    rows = (n - 1) // sample_inner + 1
+    blocks = _grad_blocks(sample_inner)
+    # The Philox blocks a sample's elements span, whatever their alignment: at most this many chunks.
+    chunks = triton.cdiv((sample_inner + 3) // 4 + 1, blocks)
+    programs = rows * chunks
+    partial = torch.empty((len(grads), programs), dtype=acc, device=grads[0].device)
+    params, params_in_memory = _scale_params(input_perturbation, offset_noise, acc, grads[0].device, partial)
+    _noise_grad_kernel[(programs,)](
+        grads[0], grads[-1], partial, seed, float(input_perturbation), float(offset_noise), params, n, sample_inner,
+        channel_inner, offset, chunks, programs,
+        TWO=len(grads) == 2, PERTURB=input_perturbation != 0.0, OFFSET_NOISE=offset_noise != 0.0,
+        WIDE_ROW=channel_inner >= 4 * blocks, PARAMS_IN_MEMORY=params_in_memory, BLOCKS=blocks)
+    out[:, :rows] = partial.view(len(grads), rows, chunks).sum(dim=2)
+    return out
