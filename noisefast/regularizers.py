@@ -55,6 +55,10 @@ class ScheduledNoise(nn.Module):
         # replay; it is recomputed on the host, and checked, whenever num_steps changes.
         self.register_buffer("_factor", None if schedule is None else torch.ones((), dtype=torch.float64),
                              persistent=False)
+        # The same factor rounded to float32, shaped [1]: the scale operand itself for inputs whose
+        # kernels compute in float32 (they would round the float64 factor to float32 on every call).
+        self.register_buffer("_factor_float32", None if schedule is None else torch.ones(1, dtype=torch.float32),
+                             persistent=False)
         self.num_steps = 0
         self._listen_to_schedule()
 
@@ -90,6 +94,7 @@ class ScheduledNoise(nn.Module):
         if self.schedule is not None:
             value = check_nonnegative_number(self.schedule(step), "schedule(step)")
             self._factor.fill_(value)
+            self._factor_float32.fill_(value)
         self._num_steps = step
 
     def factor(self) -> float:
@@ -109,10 +114,17 @@ class ScheduledNoise(nn.Module):
     def noise_scale(self, x: torch.Tensor):
         """``(std_value, scale, inner)`` of the gaussian_noise op for input x, schedule included."""
         std_value, scale, inner = noise_scale(x, self.std)
-        if self._factor is not None:
-            factor = self._factor.to(x.device)
-            scale = factor.reshape(1) if scale is None else scale * factor
-        return std_value, scale, inner
+        if self._factor is None:
+            return std_value, scale, inner
+        if x.dtype != torch.float64 and (scale is None or scale.dtype == torch.float32):
+            # Arithmetic in float32 (the kernels' for non-float64 x, and scale * factor's for a float32
+            # scale): the factor rounded once to float32, as the float64 factor would be.
+            factor = self._factor_float32
+            if factor.device != x.device:
+                factor = factor.to(x.device)
+            return std_value, (factor if scale is None else scale * factor), inner
+        factor = self._factor.to(x.device)
+        return std_value, (factor.reshape(1) if scale is None else scale * factor), inner
 
     @eager_under_compile
     def step(self, steps: int = 1) -> None:
@@ -121,11 +133,14 @@ class ScheduledNoise(nn.Module):
         self.num_steps = self.num_steps + check_step(steps)
 
     def _apply(self, fn, recurse=True):
-        # .half()/.bfloat16() cast buffers: the factor would be rounded (or underflow to 0), so it is
-        # rebuilt in float64 on its new device from the schedule itself.
+        # .half()/.bfloat16()/.double() cast buffers: the factor would be rounded (or underflow to 0), so it
+        # is rebuilt in float64 (and float32) on its new device from the schedule itself.
         module = super()._apply(fn, recurse)
         if self._factor is not None and self._factor.dtype != torch.float64:
             self._factor = torch.full((), self.factor(), dtype=torch.float64, device=self._factor.device)
+        if self._factor_float32 is not None and self._factor_float32.dtype != torch.float32:
+            self._factor_float32 = torch.full((1,), self.factor(), dtype=torch.float32,
+                                              device=self._factor_float32.device)
         return module
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
