@@ -51,6 +51,8 @@ def check_real(value, name: str, *, positive: bool = False, nonnegative: bool = 
 def check_nonnegative_number(value, name: str) -> float:
     """A Python real number that is finite and >= 0, returned as float: an op argument that may
     also be given as a tensor (whose values the op checks itself)."""
+    if type(value) is float and 0.0 <= value < math.inf:  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number or a tensor, got {type(value).__name__}")
     value = float(value)
@@ -88,6 +90,11 @@ def check_nonnegative_values(t: torch.Tensor, name: str) -> None:
     Call from inside an op's implementation, where the values exist even under torch.compile.
     Skipped while a CUDA graph is being captured, when reading would break the capture.
     """
+    if t.is_cpu and t.numel() == 1:  # the common one-value CPU tensor, in one read
+        value = t.item()
+        if not 0.0 <= value < math.inf:  # False for NaN
+            raise ValueError(f"{name} must be finite and >= 0 everywhere, found {value}")
+        return
     if t.numel() == 0 or not values_checkable(t):
         return
     values = _host_values(t)
