@@ -31,9 +31,10 @@ $(VENV)/.torch-installed:
 
 venv: $(VENV)/.torch-installed
 
-# --no-build-isolation: the build needs the torch of this environment.
+# --no-build-isolation: the build needs the torch of this environment. TORCH_SPEC again, so that
+# an extra's dependency (timm's torchvision) is resolved against this torch instead of upgrading it.
 install: venv
-	$(PIP) install --no-build-isolation -v -e ".[test,examples,bench]" > build.log 2>&1 \
+	$(PIP) install --no-build-isolation -v -e ".[test,examples,bench]" "$(TORCH_SPEC)" > build.log 2>&1 \
 	  || { tail -n 60 build.log; echo "build failed: see build.log"; exit 1; }
 	grep -E "^ *noisefast:|nvcc |Successfully installed" build.log | cut -c1-220
 	$(PY) -c "import noisefast, sys; b = noisefast.backends(); print('noisefast backends:', b); sys.exit(0 if b['cpu'] else 1)"

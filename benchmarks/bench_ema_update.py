@@ -67,3 +67,85 @@ def test_ema_update(benchmark, provider, weight_dtype, profiles):
     measure(benchmark, fns[provider], op="ema_update", provider=provider, numel=numel, dtype=weight_dtype,
             bytes_moved=numel * (element_size(weight_dtype) + 8 * profiles), tensors=len(sizes), profiles=profiles,
             headline=weight_dtype == torch.float32 and profiles == 1)
+
+
+# --------------------------------------------------------------------------------------------
+# A whole EMA step of a real model: the classes users have (diffusers' EMAModel, timm's ModelEmaV3,
+# torch's AveragedModel with get_ema_multi_avg_fn) against their noisefast.compat drop-ins.
+#
+# Model: ResNet-50 (25.6M parameters in 161 tensors, 53 BatchNorms), timm's or torchvision's (the
+# same shapes). Rows (op "ema_model"), providers "peer" (the original) and "noisefast" (the drop-in):
+#   api=diffusers          EMAModel(params).step(params), diffusers' per-parameter loop (its default)
+#   api=diffusers-foreach  the same with foreach=True (torch._foreach_sub_ / _foreach_sub)
+#   api=timm               ModelEmaV3(model, decay).update(model): parameters and BatchNorm buffers
+#   api=averagedmodel      AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)).update_parameters(model)
+#   api=list               eager (noisefast.reference's per-tensor loop), compile (torch.compile of the
+#                          foreach form), noisefast (noisefast.EMA(model, include_buffers=False).update())
+# Bytes per parameter: the weight read once and the float32 shadow read and written: 12.
+
+def resnet50():
+    torch.manual_seed(0)
+    try:
+        import timm
+        return timm.create_model("resnet50")
+    except ImportError:
+        pass
+    try:
+        import torchvision
+        return torchvision.models.resnet50()
+    except ImportError:
+        pytest.skip("needs timm or torchvision for the ResNet-50 (pip install -e .[test])")
+
+
+def model_step(api: str, provider: str, model):
+    """The function timed for (api, provider); pytest.skip when the peer is not installed."""
+    params = list(model.parameters())
+    decay = 0.9999
+    if api in ("diffusers", "diffusers-foreach"):
+        foreach = api == "diffusers-foreach"
+        if provider == "peer":
+            training_utils = pytest.importorskip("diffusers.training_utils", reason="diffusers is not installed")
+            ema = training_utils.EMAModel(params, decay=decay, foreach=foreach)
+        else:
+            from noisefast.compat.diffusers import EMAModel
+            ema = EMAModel(params, decay=decay, foreach=foreach)
+        return lambda: ema.step(model.parameters())
+    if api == "timm":
+        if provider == "peer":
+            timm_utils = pytest.importorskip("timm.utils", reason="timm is not installed")
+            ema = timm_utils.ModelEmaV3(model, decay=decay)
+        else:
+            from noisefast.compat.timm import ModelEmaV3
+            ema = ModelEmaV3(model, decay=decay)
+        return lambda: ema.update(model)
+    if api == "averagedmodel":
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        if provider == "noisefast":
+            from noisefast import get_ema_multi_avg_fn
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        averaged.update_parameters(model)  # the first call copies
+        return lambda: averaged.update_parameters(model)
+    shadows = [[p.detach().clone() for p in params]]
+    if provider == "eager":
+        return lambda: ema_update_loop(shadows[0], params, decay)
+    if provider == "compile":
+        return lambda: compiled(foreach_step, ("ema-model",))(shadows, params)
+    from noisefast import EMA
+    ema = EMA(model, decay=decay, include_buffers=False)
+    return ema.update
+
+
+MODEL_CASES = [("diffusers", "peer"), ("diffusers", "noisefast"), ("diffusers-foreach", "peer"),
+               ("diffusers-foreach", "noisefast"), ("timm", "peer"), ("timm", "noisefast"),
+               ("averagedmodel", "peer"), ("averagedmodel", "noisefast"),
+               ("list", "eager"), ("list", "compile"), ("list", "noisefast")]
+
+
+@pytest.mark.parametrize("api,provider", MODEL_CASES, ids=[f"{a}-{p}" for a, p in MODEL_CASES])
+def test_ema_model_step(benchmark, api, provider):
+    device = bench_device()
+    model = resnet50().to(device)
+    fn = model_step(api, provider, model)
+    numel = sum(p.numel() for p in model.parameters())
+    measure(benchmark, fn, op="ema_model", provider=provider, numel=numel, dtype=torch.float32,
+            bytes_moved=numel * 12, model="resnet50", api=api, tensors=len(list(model.parameters())))

@@ -33,6 +33,7 @@ import time
 
 import torch
 
+from .common import PROVIDERS as BASE_PROVIDERS
 from .common import SELECTIONS, bench_device, device_name, synchronize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -129,12 +130,17 @@ def render_report(rows, *, device: str, copy_bw: float, commit: str, date: str) 
     for r in rows:
         groups.setdefault(r["op"], {}).setdefault((r["variant"], r["dtype"], r["numel"]), {})[r["provider"]] = r
     for op, cases in sorted(groups.items()):
+        # Providers besides eager/compile/noisefast (the peers a benchmark measures, e.g. "peer") get
+        # a column and a "vs" column of their own.
+        others = sorted({p for by in cases.values() for p in by} - set(BASE_PROVIDERS))
+        columns = ["eager", "compile", *others]
+        titles = ["eager", "torch.compile", *others]
         lines += [f"## {op}", "",
-                  "| case | dtype | elements | eager | torch.compile | noisefast | vs eager | vs compile | GB/s | % of copy |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| case | dtype | elements | " + " | ".join(titles) + " | noisefast | "
+                  + " | ".join(f"vs {t.replace('torch.', '')}" for t in titles) + " | GB/s | % of copy |",
+                  "|---|---|---:|" + "---:|" * (2 * len(columns) + 3)]
         for (variant, dtype, numel), by in sorted(cases.items()):
             nf = by.get("noisefast")
-            eager, comp = by.get("eager"), by.get("compile")
 
             def cell(r):
                 return fmt_time(r["median_s"]) if r else "-"
@@ -142,11 +148,15 @@ def render_report(rows, *, device: str, copy_bw: float, commit: str, date: str) 
             def ratio(r):
                 return f"{r['median_s'] / nf['median_s']:.2f}x" if (r and nf) else "-"
 
-            gbs = nf["bytes"] / nf["median_s"] / 1e9 if nf else None
-            lines.append(f"| {variant or '-'} | {dtype} | {numel:,} | {cell(eager)} | {cell(comp)} | {cell(nf)} | "
-                         f"{ratio(eager)} | {ratio(comp)} | {gbs:.1f} | {100 * gbs * 1e9 / copy_bw:.0f}% |"
-                         if nf else
-                         f"| {variant or '-'} | {dtype} | {numel:,} | {cell(eager)} | {cell(comp)} | - | - | - | - | - |")
+            times = " | ".join(cell(by.get(c)) for c in columns)
+            if nf:
+                gbs = nf["bytes"] / nf["median_s"] / 1e9
+                ratios = " | ".join(ratio(by.get(c)) for c in columns)
+                lines.append(f"| {variant or '-'} | {dtype} | {numel:,} | {times} | {cell(nf)} | {ratios} | "
+                             f"{gbs:.1f} | {100 * gbs * 1e9 / copy_bw:.0f}% |")
+            else:
+                lines.append(f"| {variant or '-'} | {dtype} | {numel:,} | {times} | - | "
+                             + " | ".join("-" for _ in columns) + " | - | - |")
         compile_times = sorted({r["compile_s"] for r in rows if r["op"] == op and r.get("compile_s")})
         if compile_times:
             lines += ["", f"torch.compile's first call (compile time, not counted above): "

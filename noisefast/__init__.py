@@ -4,6 +4,7 @@ The public API; every name is defined in a submodule and re-exported here.
 """
 from . import plot, schedules
 from ._library import backends, use_backend
+from .compat.swa import get_ema_multi_avg_fn
 from .consistency import ConsistencyBatch, ConsistencyNoise
 from .ema import EMA, ema_decay, gamma_to_sigma_rel, power_function_decay, sigma_rel_to_gamma
 from .ops.consistency_output import consistency_output, consistency_scalings
@@ -88,6 +89,7 @@ __all__ = [
     "sigma_rel_to_gamma",
     "gamma_to_sigma_rel",
     "power_function_decay",
+    "get_ema_multi_avg_fn",
     "PostHocEMA",
     "posthoc_coefficients",
     "power_function_weights",
