@@ -57,6 +57,8 @@ def check_real(value, name: str, *, positive: bool = False, nonnegative: bool = 
 def check_nonnegative_number(value, name: str) -> float:
     """A Python real number that is finite and >= 0, returned as float: an op argument that may
     also be given as a tensor (whose values the op checks itself)."""
+    if type(value) is float and 0.0 <= value < math.inf:  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number or a tensor, got {type(value).__name__}")
     value = float(value)

@@ -33,7 +33,8 @@ def draw_seed(device: Union[torch.device, str], generator: Optional[torch.Genera
     Drawn from ``generator`` (the default generator of ``device`` when None). A generator on
     another device is used where it lives and the seed is moved to ``device``.
     """
-    device = torch.device(device)
+    if type(device) is not torch.device:
+        device = torch.device(device)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     draw_on = device if generator is None else generator.device

@@ -57,6 +57,10 @@ class ScheduledNoise(nn.Module):
         self.register_buffer("_factor", None if schedule is None else torch.ones((), dtype=torch.float64),
                              persistent=False)
         self._counter = StepCounter(0)
+        # The same factor rounded to float32, shaped [1]: the scale operand itself for inputs whose
+        # kernels compute in float32 (they would round the float64 factor to float32 on every call).
+        self.register_buffer("_factor_float32", None if schedule is None else torch.ones(1, dtype=torch.float32),
+                             persistent=False)
         self.num_steps = 0
         self._listen_to_schedule()
 
@@ -104,12 +108,14 @@ class ScheduledNoise(nn.Module):
         if self.schedule is not None:
             value = check_nonnegative_number(self.schedule(step), "schedule(step)")
             self._factor.fill_(value)
+            self._factor_float32.fill_(value)
         self._counter.set(step)
 
     def _refresh_factor(self) -> None:
         """The factor from the device counter, on the device (checked there: >= 0 and finite)."""
         if self._factor is not None:
             self._factor.copy_(schedule_at(self.schedule, self._counter.tensor.to(self._factor.device)))
+            self._factor_float32.copy_(self._factor.reshape(1))
 
     def factor(self) -> float:
         """``schedule(num_steps)`` (1.0 without a schedule)."""
@@ -128,10 +134,17 @@ class ScheduledNoise(nn.Module):
     def noise_scale(self, x: torch.Tensor):
         """``(std_value, scale, inner)`` of the gaussian_noise op for input x, schedule included."""
         std_value, scale, inner = noise_scale(x, self.std)
-        if self._factor is not None:
-            factor = self._factor.to(x.device)
-            scale = factor.reshape(1) if scale is None else scale * factor
-        return std_value, scale, inner
+        if self._factor is None:
+            return std_value, scale, inner
+        if x.dtype != torch.float64 and (scale is None or scale.dtype == torch.float32):
+            # Arithmetic in float32 (the kernels' for non-float64 x, and scale * factor's for a float32
+            # scale): the factor rounded once to float32, as the float64 factor would be.
+            factor = self._factor_float32
+            if factor.device != x.device:
+                factor = factor.to(x.device)
+            return std_value, (factor if scale is None else scale * factor), inner
+        factor = self._factor.to(x.device)
+        return std_value, (factor.reshape(1) if scale is None else scale * factor), inner
 
     def step(self, steps: int = 1) -> None:
         """Advance the schedule by ``steps`` (>= 0). Traceable: inside a torch.compile'd step (or a
@@ -145,12 +158,15 @@ class ScheduledNoise(nn.Module):
             self.num_steps = self.num_steps + steps
 
     def _apply(self, fn, recurse=True):
-        # .half()/.bfloat16() cast buffers: the factor would be rounded (or underflow to 0), so it is
-        # rebuilt in float64 on its new device from the schedule itself. The step counter follows
-        # the factor (or std) to its device.
+        # .half()/.bfloat16()/.double() cast buffers: the factor would be rounded (or underflow to 0), so it
+        # is rebuilt in float64 (and float32) on its new device from the schedule itself. The step counter
+        # follows the factor (or std) to its device.
         module = super()._apply(fn, recurse)
         if self._factor is not None and self._factor.dtype != torch.float64:
             self._factor = torch.full((), self.factor(), dtype=torch.float64, device=self._factor.device)
+        if self._factor_float32 is not None and self._factor_float32.dtype != torch.float32:
+            self._factor_float32 = torch.full((1,), self.factor(), dtype=torch.float32,
+                                              device=self._factor_float32.device)
         anchor = self._factor if self._factor is not None else self.std
         if isinstance(anchor, torch.Tensor) and anchor.device != self._counter.device:
             self._counter.to(anchor.device)

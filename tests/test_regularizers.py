@@ -167,3 +167,27 @@ def test_schedule_is_fixed_at_construction():
     layer = noisefast.GaussianNoise(0.5)
     with pytest.raises(AttributeError):
         layer.schedule = S.constant(1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("std", [0.3, "float32", "float64"], ids=["number", "tensor32", "tensor64"])
+@pytest.mark.parametrize("cast", [None, "half", "double"])
+def test_scheduled_noise_equals_the_op_with_the_float64_factor(dtype, std, cast):
+    # The module keeps a float32 copy of its factor for inputs computed in float32; it must give
+    # exactly what the float64 factor gives (a factor that float32 rounds: 1/3 of a non-power of two).
+    from noisefast.ops.gaussian_noise import KERNELS, noise_scale
+    std = std if isinstance(std, float) else torch.tensor([[0.3], [1.7]], dtype=getattr(torch, std))
+    layer = noisefast.GaussianNoise(std, schedule=lambda step: 1.0 / (3.0 + step))
+    layer.step(2)
+    if cast is not None:  # casts after the step: the factors are rebuilt, not refreshed by a step
+        layer = getattr(layer, cast)().float() if isinstance(std, float) else getattr(layer, cast)()
+        std = layer.std
+    x = torch.randn(2, 333).to(dtype)
+    torch.manual_seed(5)
+    out = layer(x)
+    std_value, scale, inner = noise_scale(x, std)
+    factor = torch.tensor(1.0 / 5.0, dtype=torch.float64)
+    scale = factor.reshape(1) if scale is None else scale * factor
+    torch.manual_seed(5)
+    expected = KERNELS.call(x, noisefast.random.draw_seed(x.device), std_value, scale, inner, True)
+    assert torch.equal(out, expected)

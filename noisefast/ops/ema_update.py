@@ -13,8 +13,8 @@ decay); the per-tensor checks (shape, device, dtype pairing, layout) run in C++ 
 written (csrc/ops/ema_update.cpp), about 50 ns per tensor instead of a Python loop's ~1 us, and
 raise the same ValueError / TypeError naming the user's argument.
 
-Autograd: none. The shadows are updated under no_grad, like an optimizer step; eager calls bump
-their version counters (see Kernels.run_in_place).
+Autograd: none. The shadows are updated with grad mode off, like an optimizer step; eager calls
+bump their version counters (see Kernels.run_in_place).
 """
 from __future__ import annotations
 
@@ -81,6 +81,12 @@ def run_ema_update(emas: List[torch.Tensor], tensors: List[torch.Tensor], decays
 
 
 def _tensor_list(value, name: str) -> List[torch.Tensor]:
+    if type(value) is list:  # the common case, without enumerate and a copy
+        for t in value:
+            if not isinstance(t, torch.Tensor):
+                break
+        else:
+            return value
     if isinstance(value, torch.Tensor) or not isinstance(value, (list, tuple)):
         raise TypeError(f"{name} must be a list or tuple of tensors, got {type(value).__name__}")
     for i, t in enumerate(value):
@@ -91,6 +97,8 @@ def _tensor_list(value, name: str) -> List[torch.Tensor]:
 
 def check_decay_number(value, name: str) -> float:
     """A Python real number in [0, 1], returned as float (ValueError/TypeError naming ``name``)."""
+    if type(value) is float and 0.0 <= value <= 1.0:  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number or a float tensor, got {type(value).__name__}")
     value = float(value)
@@ -138,15 +146,13 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
     tensors = _tensor_list(tensors, "tensors")
     if len(ema_tensors) != len(tensors):
         raise ValueError(f"ema_tensors has {len(ema_tensors)} tensors but tensors has {len(tensors)}")
-    if isinstance(decay, torch.Tensor):
+    if type(decay) is not float and isinstance(decay, torch.Tensor):
         decay_value, decay_tensor = 0.0, _decay_tensor(decay, "decay", ())
     else:
         decay_value, decay_tensor = check_decay_number(decay, "decay"), None
     if not tensors:
         return
-    with torch.no_grad():
-        KERNELS.run_in_place(_device(tensors, ema_tensors), ema_tensors, ema_tensors, tensors, decay_value,
-                             decay_tensor)
+    KERNELS.run_in_place(tensors[0].device, ema_tensors, ema_tensors, tensors, decay_value, decay_tensor)
 
 
 def ema_update_multi_(ema_lists: Sequence[Sequence[torch.Tensor]], tensors: Sequence[torch.Tensor],
@@ -192,5 +198,4 @@ def ema_update_multi_(ema_lists: Sequence[Sequence[torch.Tensor]], tensors: Sequ
         decay_tensor = None
     if not tensors:
         return
-    with torch.no_grad():
-        run_ema_update(flat, tensors, decay_values, decay_tensor)
+    run_ema_update(flat, tensors, decay_values, decay_tensor)

@@ -180,8 +180,7 @@ def foreach_gaussian_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]]
     if not ts:
         return tensors
     seed = draw_seed(ts[0].device, generator)
-    with torch.no_grad():
-        KERNELS_.run_in_place(ts[0].device, ts, ts, seed, stds, std_tensor)
+    KERNELS_.run_in_place(ts[0].device, ts, ts, seed, stds, std_tensor)
     return ts[0] if single else tensors
 
 
