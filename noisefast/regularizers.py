@@ -8,6 +8,7 @@ from torch import nn
 
 from ._checks import check_float_tensor, check_int_tensor, check_nonnegative_number, check_nonnegative_values, check_values
 from ._compile import StepCounter
+from ._dtensor import is_dtensor
 from .magnitude import check_schedule, check_step, is_stateful, schedule_at
 from .ops.gaussian_noise import KERNELS as GAUSSIAN_NOISE, gaussian_noise, noise_scale
 from .random import check_generator_state, draw_seed
@@ -296,7 +297,9 @@ class GaussianNoise(ScheduledNoise):
     ``std`` is a number >= 0 or a tensor broadcastable to the input (for example one value per
     channel, shape [C, 1, 1]).
 
-    Shapes: input (*), output (*), same dtype. Gradient: identity with respect to the input.
+    Shapes: input (*), output (*), same dtype. Gradient: identity with respect to the input. A
+    DTensor input (Shard/Replicate placements) gets the noise its unsharded tensor would get under
+    the same seed, each rank on its own shard (see :func:`noisefast.gaussian_noise`).
 
     Example::
 
@@ -313,9 +316,12 @@ class GaussianNoise(ScheduledNoise):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return gaussian_noise(x, self.std, training=False)
+        if type(x) is not torch.Tensor and is_dtensor(x):
+            # Each rank's shard, noise by global index (noisefast.gaussian_noise on DTensors).
+            return gaussian_noise(x, self.magnitude(), generator=self.generator)
         check_float_tensor(x, "x")
         std_value, scale, inner = self.noise_scale(x)
-        return GAUSSIAN_NOISE.call(x, draw_seed(x.device, self.generator), std_value, scale, inner, True)
+        return GAUSSIAN_NOISE.call(x, draw_seed(x.device, self.generator), std_value, scale, inner, 0, 1, 1, True)
 
     def extra_repr(self) -> str:
         return self._std_repr()

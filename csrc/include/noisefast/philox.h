@@ -142,4 +142,10 @@ NF_HOST_DEVICE Normal4 normal4(uint64_t seed, uint64_t stream, uint64_t q) {
   return box_muller4(philox_block(seed, stream, q));
 }
 
+// Element j of the normal stream alone: the lane j % 4 of Philox block j / 4 (four times the Philox
+// work per element of normal4; for kernels whose elements are not consecutive stream elements).
+NF_HOST_DEVICE float normal_at(uint64_t seed, uint64_t stream, uint64_t j) {
+  return normal4(seed, stream, j / kNormalsPerBlock).z[j % kNormalsPerBlock];
+}
+
 }  // namespace noisefast
