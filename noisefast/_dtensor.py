@@ -76,7 +76,7 @@ class Part(NamedTuple):
 
 
 def _placements_text(t) -> str:
-    return "(" + ", ".join(str(p) for p in t.placements) + ")"
+    return "(" + ", ".join(repr(p) for p in t.placements) + ")"
 
 
 def check_placements(t, name: str) -> None:
