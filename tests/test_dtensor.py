@@ -159,6 +159,11 @@ def _check_rank(rank, world_size, mesh_shape, cases):
     with pytest.raises(NotImplementedError, match="offset_noise"):
         noisefast.add_noise(distribute_tensor(_inputs((4, 2, 3)), mesh, [Shard(0)] * len(mesh_shape)), 0.5,
                             offset_noise=0.1)
+    levels = noisefast.ConsistencyNoise()
+    with pytest.raises(NotImplementedError, match="consistency_pair"):
+        levels.sample(rows, 0)
+    with pytest.raises(NotImplementedError, match="consistency_pair"):
+        noisefast.sampled_consistency_pair(rows, torch.tensor([0.1, 0.5, 1.0]), torch.tensor([0.5, 1.0]))
     if len(mesh_shape) == 2:  # Shard(1) and Shard(2) of [3, 6, 5]: not evenly spaced runs
         bad = distribute_tensor(_inputs((3, 6, 5)), mesh, [Shard(1), Shard(2)])
         with pytest.raises(NotImplementedError, match=r"Shard\(dim=1\), Shard\(dim=2\)"):

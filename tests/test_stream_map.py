@@ -120,6 +120,18 @@ def test_a_shard_gets_the_unsharded_tensor_s_noise(backend, shape, box_offset, b
         assert torch.equal(shard, whole[box])
 
 
+@pytest.mark.parametrize("backend", backend_params())
+def test_the_gradient_to_std_regenerates_the_mapped_noise(backend):
+    # backward draws z at the same positions as forward (noise_at): analytic == numeric
+    x = torch.randn(30, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+    seed = torch.tensor([SEED])
+    for m in [(5, 7, 11), (2 ** 35 + 3, 1, 1)]:
+        assert run_on(backend, torch.autograd.gradcheck, lambda x, s: gaussian_noise_op(x, seed, 0.8, s, 2, *m),
+                      (x, scale), atol=1e-5)
+    torch.library.opcheck(gaussian_noise_op, (x, seed, 1.0, scale, 2, 5, 7, 11))
+
+
 @pytest.mark.parametrize("offset, segment, stride, match", [(-1, 1, 1, "offset"), (0, 0, 1, "segment"),
                                                              (0, 5, 4, "stride")])
 def test_bad_maps_raise_in_the_compiled_kernel(offset, segment, stride, match):

@@ -76,8 +76,8 @@ def noise_at(seed: torch.Tensor, numel: int, offset: int, segment: int, stride: 
         z = torch.empty(numel, dtype=torch.float32, device=device)
         randn_out(z, seed, STREAM_NOISE, offset)
         return z
-    return KERNELS(device, torch.zeros(numel, dtype=torch.float32, device=device), seed, 1.0, None, 1, offset,
-                   segment, stride)
+    return KERNELS.call(torch.zeros(numel, dtype=torch.float32, device=device), seed, 1.0, None, 1, offset,
+                        segment, stride, True)
 
 
 def broadcast_as_scale(std: torch.Tensor, shape: torch.Size) -> Tuple[torch.Tensor, int]:

@@ -360,6 +360,12 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
 # Gokmen et al. 2024) sample indices first and call ``consistency_pair``.
 
 
+DTENSOR_LEVELS_UNSUPPORTED = (
+    "{where}: x is a DTensor, and the levels drawn inside the op are indexed by the local sample, not the "
+    "global one; sample the levels of the whole batch alike on every rank and call "
+    "noisefast.consistency_pair(x, sigma, sigma_next), which serves DTensors sharded along the batch")
+
+
 class SampledPair(NamedTuple):
     x_cur: torch.Tensor       # x + sigma z, dtype of x
     x_next: torch.Tensor      # x + sigma_next z
@@ -471,6 +477,8 @@ def sampled_consistency_pair(x: torch.Tensor, sigmas: torch.Tensor, cdf: torch.T
     check_float_tensor(x, "x")
     if x.dim() == 0:
         raise ValueError("x must have a batch dimension, got a 0-d tensor")
+    if is_dtensor(x):
+        raise NotImplementedError(DTENSOR_LEVELS_UNSUPPORTED.format(where="sampled_consistency_pair"))
     for name, t in (("sigmas", sigmas), ("cdf", cdf)):
         if isinstance(t, torch.Tensor) and t.device != x.device:
             raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
