@@ -182,6 +182,12 @@ def foreach_gaussian_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]]
     unsupported dtype or layout, several devices, an expanded tensor, the same memory listed
     twice: it would get noise twice) or ``std`` (negative or non-finite, wrong length or shape).
     An empty list is a no-op.
+
+    DTensors (when tensors[0] is one, e.g. FSDP2's gradients): each rank adds noise to its own
+    shards, each element getting the noise it gets in the unsharded list under the same seed (seed
+    all ranks alike); one gaussian_noise launch and one copy per tensor instead of the fused pass.
+    A Partial placement raises ValueError naming the tensor (docs/design.md, "DTensors and the
+    global index").
     """
     single = isinstance(tensors, torch.Tensor)
     ts = _tensor_list(tensors, "tensors")
