@@ -159,7 +159,7 @@ def _check_rank(rank, world_size, mesh_shape, cases):
     with pytest.raises(NotImplementedError, match="offset_noise"):
         noisefast.add_noise(distribute_tensor(_inputs((4, 2, 3)), mesh, [Shard(0)] * len(mesh_shape)), 0.5,
                             offset_noise=0.1)
-    levels = noisefast.ConsistencyNoise()
+    levels = noisefast.ConsistencyNoise(total_steps=100)
     with pytest.raises(NotImplementedError, match="consistency_pair"):
         levels.sample(rows, 0)
     with pytest.raises(NotImplementedError, match="consistency_pair"):
