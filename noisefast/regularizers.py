@@ -162,9 +162,11 @@ class ScheduledNoise(nn.Module):
         # is rebuilt in float64 (and float32) on its new device from the schedule itself. The step counter
         # follows the factor (or std) to its device.
         module = super()._apply(fn, recurse)
-        if self._factor is not None and self._factor.dtype != torch.float64:
+        # Rebuilt every time, not only on a dtype change: to_empty keeps the dtype and leaves the
+        # memory uninitialised.
+        if self._factor is not None:
             self._factor = torch.full((), self.factor(), dtype=torch.float64, device=self._factor.device)
-        if self._factor_float32 is not None and self._factor_float32.dtype != torch.float32:
+        if self._factor_float32 is not None:
             self._factor_float32 = torch.full((1,), self.factor(), dtype=torch.float32,
                                               device=self._factor_float32.device)
         anchor = self._factor if self._factor is not None else self.std
