@@ -108,7 +108,8 @@ def gaussian_noise(x: torch.Tensor, std: Union[float, torch.Tensor], *, training
     Noise injection as a regulariser: Bishop 1995, "Training with noise is equivalent to Tikhonov
     regularization"; the noise comes from noisefast's portable stream (noisefast.randn).
     Raises ValueError naming ``std`` if it is negative, NaN or infinite or does not broadcast to x.
-    Checking a CUDA std tensor's values reads it on the host (skipped during CUDA-graph capture).
+    A CUDA std tensor's values are checked on the device (torch._assert_async, no synchronisation):
+    a bad value is an error at the next synchronisation, a device-side assertion on CUDA.
     """
     check_float_tensor(x, "x")
     std_value, scale, inner = noise_scale(x, std)
