@@ -8,13 +8,14 @@ the broadcast dimensions, with z regenerated from the seed (never stored).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
 
 from .._checks import check_float_tensor, check_nonnegative_number, check_nonnegative_values
 from .._dtypes import math_dtype
-from .._library import Kernels
+from .._library import Kernels, host_scalar
 from .._scalars import scalar_on
 from ..random import STREAM_NOISE, draw_seed
 from .randn import randn_out
@@ -133,6 +134,14 @@ def noise_scale(x: torch.Tensor, std: Union[float, torch.Tensor]) -> Tuple[float
     if isinstance(std, torch.Tensor):
         if not std.is_floating_point():
             raise TypeError(f"std must be a float tensor, got {std.dtype}")
+        if host_scalar(std):
+            # A 0-d CPU std without gradient, in eager mode: its value as the number std, which the
+            # kernels multiply exactly as they would the one-element scale (1.0 * s = s, rounded to
+            # the math type once either way), for ~3 us less per call.
+            value = std.item()
+            if not 0.0 <= value < math.inf:
+                raise ValueError(f"std must be finite and >= 0 everywhere, found {value}")
+            return value, None, 1
         if std.device != x.device and not (std.dim() == 0 and std.device.type == "cpu"):
             raise ValueError(f"std is on {std.device} but x is on {x.device}")
         if not _broadcasts_to(std.shape, x.shape):
