@@ -258,13 +258,25 @@ def _direct_call(args, singles: Tuple[int, ...], lists: Tuple[int, ...]) -> int:
     return _DIRECT_WITH_GRAD if grad and _is_grad_enabled() else _DIRECT
 
 
+def runs_eagerly() -> bool:
+    """Whether ops run eagerly here: not traced by torch.compile, under no dispatch mode (fake
+    tensors, export), inside no functorch transform. Only then may a call take a shortcut that
+    reads values on the host or picks its kernel by what the tensors hold."""
+    return not _is_compiling() and not _len_dispatch_stack() and not _functorch_active()
+
+
 def host_scalar(t: torch.Tensor) -> bool:
     """Whether the tensor ``t`` may be read now as a Python number in its place: a plain 0-d CPU
-    tensor through which no gradient is wanted, in eager mode (not traced by torch.compile, no
-    dispatch mode such as fake tensors, no functorch transform). Its value is then the same number
-    the kernels would read from it, for ~3 us less per call than a tensor operand."""
-    return (type(t) in _PLAIN_TENSORS and t.is_cpu and t.dim() == 0 and not (t.requires_grad and _is_grad_enabled())
-            and not _is_compiling() and not _len_dispatch_stack() and not _functorch_active())
+    tensor through which no gradient is wanted, in eager mode (:func:`runs_eagerly`). Its value is
+    then the same number the kernels would read from it, for ~3 us less per call than a tensor
+    operand."""
+    return (runs_eagerly() and type(t) in _PLAIN_TENSORS and t.is_cpu and t.dim() == 0
+            and not (t.requires_grad and _is_grad_enabled()))
+
+
+def plain_tensor(t: torch.Tensor) -> bool:
+    """A CPU or CUDA tensor of torch's own types (no subclass): what the eager shortcuts may run."""
+    return type(t) in _PLAIN_TENSORS and (t.is_cpu or t.is_cuda)
 
 
 def _autograd_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
@@ -348,6 +360,11 @@ class Kernels:
         if how == _DIRECT_WITH_GRAD and self._function is not None:
             return self._function.apply(*args)
         return self.op(*args)  # (an op without autograd raises there as it should)
+
+    def implementation_function(self) -> Callable:
+        """The op's Python implementation (its checks, then the backend's kernel): what the custom
+        op's CPU/CUDA kernels run, and what :meth:`call` runs directly in eager mode."""
+        return self._impl
 
     def implementation(self, backend: str) -> Callable:
         """The function that runs this op on ``backend`` (imported on first use)."""

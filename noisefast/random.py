@@ -45,14 +45,18 @@ def draw_seed(device: Union[torch.device, str], generator: Optional[torch.Genera
     ``torch.empty(1, dtype=torch.int64).random_(0, SEED_BOUND, generator=generator)`` on the
     generator's device; for CPU data in eager mode it is made in C++ (the same numbers).
     """
+    if not _is_compiling() and generator is None and type(device) is torch.device and device.type == "cpu" \
+            and _draw_cpu_seed is not None and not _len_dispatch_stack() and not _functorch_active():
+        # The common call first, with the fewest checks: eager (is_compiling first: Dynamo folds it
+        # and cannot trace the others), outside fake-tensor/dispatch modes and functorch transforms
+        # (whose own random_ handling the Python draw goes through).
+        return _draw_cpu_seed(None)
     if type(device) is not torch.device:
         device = torch.device(device)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if (_draw_cpu_seed is not None and device.type == "cpu" and (generator is None or generator.device.type == "cpu")
             and not _is_compiling() and not _len_dispatch_stack() and not _functorch_active()):
-        # Eager, outside fake-tensor/dispatch modes and functorch transforms (whose own random_
-        # handling the Python draw goes through).
         return _draw_cpu_seed(generator)
     draw_on = device if generator is None else generator.device
     if torch.compiler.is_compiling():  # (dynamo traces randint, not random_)

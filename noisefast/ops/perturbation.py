@@ -33,8 +33,8 @@ import torch
 from .._checks import (check_finite_values, check_float_tensor, check_nonnegative_number, check_nonnegative_values,
                        check_num_levels, check_values)
 from .._dtypes import math_dtype
-from .._library import Kernels
-from .._scalars import scalar_on
+from .._library import Kernels, runs_eagerly
+from .._scalars import constant_vector, scalar_on
 from ..random import draw_seed
 
 Scalar = Union[float, torch.Tensor]
@@ -222,7 +222,7 @@ def per_sample_arguments(x: torch.Tensor, values: Dict[str, Scalar], *,
                     t = t.reshape(-1)
             tensors.append(t.expand(count) if t.numel() == 1 and count != 1 else t)
         else:
-            tensors.append(torch.full((count,), float(value), dtype=acc, device=x.device))
+            tensors.append(constant_vector(float(value), count, acc, x.device))
     numel = x.numel()
     inner = max(numel // count, 1) if count else 1
     return tensors, inner
@@ -254,7 +254,7 @@ def consistency_pair(x: torch.Tensor, sigma: Scalar, sigma_next: Scalar, *,
     check_float_tensor(x, "x")
     (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next},
                                                   nonnegative=("sigma", "sigma_next"))
-    checked = not any(isinstance(v, torch.Tensor) for v in (sigma, sigma_next))
+    checked = not (isinstance(sigma, torch.Tensor) or isinstance(sigma_next, torch.Tensor))
     return PAIR_KERNELS.call(x, draw_seed(x.device, generator), sig, sig_next, inner, 0, checked)
 
 
@@ -293,9 +293,18 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
     channel_inner = 1
     if offset_scale != 0.0 and x.shape[0] * x.shape[1] > 0:
         channel_inner = max(x.numel() // (x.shape[0] * x.shape[1]), 1)
-    if not isinstance(alpha, torch.Tensor) and not math.isfinite(float(alpha)):
+    alpha_given, sigma_given = isinstance(alpha, torch.Tensor), isinstance(sigma, torch.Tensor)
+    if not alpha_given and not math.isfinite(float(alpha)):
         raise ValueError(f"alpha must be finite, got {float(alpha)}")
-    checked = not any(isinstance(v, torch.Tensor) for v in (alpha, sigma))
+    checked = not (alpha_given or sigma_given)
+    if not checked and x.is_cpu and runs_eagerly():
+        # CPU values in eager mode: the tensors given are checked here, on the host, and the op is
+        # told so; it would otherwise also read the vectors made from numbers (checked already).
+        if alpha_given:
+            check_finite_values(alpha_t, "alpha")
+        if sigma_given:
+            check_nonnegative_values(sigma_t, "sigma")
+        checked = True
     return ADD_NOISE_KERNELS.call(x, draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale,
                         sample_inner, channel_inner, 0, checked)
 
