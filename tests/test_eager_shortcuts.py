@@ -117,3 +117,41 @@ def test_constant_vectors_are_shared_read_only_and_keep_the_sign_of_zero():
     noisy_t, target_t = noisefast.add_noise(x, sigma, alpha=torch.full((4,), 0.5))
     assert torch.equal(noisy, noisy_t) and torch.equal(target, target_t)
     assert torch.equal(a, torch.ones(4))  # nothing wrote the shared vector
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+@pytest.mark.parametrize("alpha", ["number", "tensor"])
+def test_perturbation_input_gradient_paths_equal_the_general_autograd(dtype, alpha):
+    # x alone requires grad: consistency_pair's identity and add_noise's alpha through the lighter
+    # Functions; the values and gradients must be the general autograd's, bit for bit.
+    from noisefast.ops.perturbation import ADD_NOISE_KERNELS, PAIR_KERNELS, per_sample_arguments
+    x = torch.randn(4, 3, 5).to(dtype).requires_grad_()
+    sigma, sigma_next = torch.rand(4) + 0.5, torch.rand(4) + 2.0
+    alpha_value = 0.8 if alpha == "number" else torch.rand(4) + 0.5
+    torch.manual_seed(11)
+    pair = noisefast.consistency_pair(x, sigma, sigma_next)
+    torch.manual_seed(11)
+    noisy, target = noisefast.add_noise(x, sigma, alpha=alpha_value, input_perturbation=0.1)
+    assert all("Gradient" in type(t.grad_fn).__name__ for t in (*pair, noisy))
+    torch.manual_seed(11)
+    (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next}, nonnegative=())
+    general_pair = PAIR_KERNELS.call(x, draw_seed("cpu"), sig, sig_next, inner, 0, False)
+    torch.manual_seed(11)
+    (alpha_t, sigma_t), sample_inner = per_sample_arguments(x, {"alpha": alpha_value, "sigma": sigma},
+                                                            nonnegative=("sigma",))
+    general_noise = ADD_NOISE_KERNELS.call(x, draw_seed("cpu"), alpha_t, sigma_t, 0.1, 0.0, sample_inner, 1, 0,
+                                           False)
+    assert "consistency_pair" in type(general_pair[0].grad_fn).__name__
+    for got, expected in zip((*pair, noisy, target), (*general_pair, *general_noise)):
+        assert torch.equal(_bits(got), _bits(expected))
+    grads = [torch.randn_like(x) for _ in range(3)]
+    got = torch.autograd.grad([pair[0], pair[1], noisy], x, grads)
+    expected = torch.autograd.grad([general_pair[0], general_pair[1], general_noise[0]], x, grads)
+    assert torch.equal(got[0], expected[0])
+    # one output unused: its gradient is None, not zeros
+    (only_cur,) = torch.autograd.grad(noisefast.consistency_pair(x, sigma, sigma_next)[0].sum(), x)
+    assert torch.equal(only_cur, torch.ones_like(x))
+    # sigma that requires grad: the general autograd, which regenerates the noise
+    sigma.requires_grad_()
+    assert "consistency_pair" in type(noisefast.consistency_pair(x, sigma, sigma_next)[0].grad_fn).__name__
+    assert "add_noise" in type(noisefast.add_noise(x, sigma)[0].grad_fn).__name__
