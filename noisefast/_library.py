@@ -334,6 +334,7 @@ class Kernels:
         self._function = None     # see register_autograd
         self._backends: Dict[tuple, str] = {}  # see backend_for
         self._kernels: Dict[tuple, Callable] = {}  # see kernel_for
+        self._in_place: Dict[torch.device, Callable] = {}  # run_in_place's kernels of CPU/CUDA devices, no forced backend
         self._singles, self._lists = tensor_positions(op)  # see call
         _COMPILED_LIBRARY.define(kernel_schema(op))
 
@@ -403,25 +404,35 @@ class Kernels:
     def run_in_place(self, device: torch.device, written: List[torch.Tensor], *args) -> None:
         """Run the op on ``args``, which writes the tensors ``written`` in place.
 
-        Traced (torch.compile), under a dispatch mode (fake tensors, export) or on other devices,
-        this is the custom op, under no_grad. In eager mode on CPU/CUDA tensors it calls the backend
+        Traced (torch.compile), under a dispatch mode (fake tensors, export) or a functorch
+        transform, or on other devices, this is the custom op, under no_grad. In eager mode on CPU/CUDA tensors it calls the backend
         directly, with grad mode off, and bumps the written tensors' version counters itself: the
         custom op's Python layers
         (autograd, ADInplaceOrView, backend) convert and walk a list argument three times, ~2 us
         per tensor, which for a 300-tensor model is ~0.7 ms per call, more than the CUDA EMA
         kernel takes for 100M parameters (torch._foreach_lerp_ pays ~0.1 ms).
         """
-        if _is_compiling() or _len_dispatch_stack() or not _is_cpu_or_cuda(device):
+        if _is_compiling() or _len_dispatch_stack() or _functorch_active():
             with torch.no_grad():
                 self.op(*args)
             return
+        forced = _FORCED.get()
+        kernel = self._in_place.get(device) if forced is None else None
+        if kernel is None:
+            if not _is_cpu_or_cuda(device):
+                with torch.no_grad():
+                    self.op(*args)
+                return
+            kernel = self.kernel_for(device)
+            if forced is None:
+                self._in_place[device] = kernel
         # Grad mode off around the kernel as under no_grad, without the context manager's ~2 us.
-        grad_enabled = _is_grad_enabled()
-        if grad_enabled:
+        if _is_grad_enabled():
             _set_grad_enabled(False)
-        try:
-            self.kernel_for(device)(*args)
-        finally:
-            if grad_enabled:
+            try:
+                kernel(*args)
+            finally:
                 _set_grad_enabled(True)
+        else:
+            kernel(*args)
         increment_versions(written)

@@ -101,12 +101,12 @@ class _NoiseWithIdentityGradient(torch.autograd.Function):
     scale's gradient) costs ~1.5 us more per call, which small tensors notice."""
 
     @staticmethod
-    def forward(ctx, x, seed, std, scale, inner, scale_checked):
-        return _IMPLEMENTATION(x, seed, std, scale, inner, scale_checked)
+    def forward(ctx, x, arguments):  # (the other arguments as one tuple: each argument of apply costs)
+        return _IMPLEMENTATION(x, *arguments)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None, None, None, None
+        return grad, None
 
 
 def add_gaussian_noise(x: torch.Tensor, seed: torch.Tensor, std: float, scale: Optional[torch.Tensor], inner: int,
@@ -117,7 +117,7 @@ def add_gaussian_noise(x: torch.Tensor, seed: torch.Tensor, std: float, scale: O
     identity gradient (the same kernel, the same result)."""
     if (runs_eagerly() and x.requires_grad and _is_grad_enabled() and (scale is None or not scale.requires_grad)
             and plain_tensor(x) and (scale is None or plain_tensor(scale))):
-        return _NoiseWithIdentityGradient.apply(x, seed, std, scale, inner, scale_checked)
+        return _NoiseWithIdentityGradient.apply(x, (seed, std, scale, inner, scale_checked))
     return KERNELS.call(x, seed, std, scale, inner, scale_checked)
 
 

@@ -204,35 +204,36 @@ def _x_alone_needs_grad(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bo
             and plain_tensor(x) and plain_tensor(a) and plain_tensor(b))
 
 
+# apply(x, the other arguments as one tuple): each argument of apply costs; none of the others
+# needs a gradient here.
+
 class _PairWithIdentityGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, *args):
+    def forward(ctx, x, arguments):
         ctx.set_materialize_grads(False)
-        return PAIR_KERNELS.implementation_function()(*args)
+        return PAIR_KERNELS.implementation_function()(x, *arguments)
 
     @staticmethod
     def backward(ctx, grad_cur, grad_next):
         grads = [g for g in (grad_cur, grad_next) if g is not None]
-        grad_x = (grads[0] + grads[1] if len(grads) == 2 else grads[0]) if grads else None
-        return (grad_x,) + (None,) * 6
+        return (grads[0] + grads[1] if len(grads) == 2 else grads[0]) if grads else None, None
 
 
 class _AddNoiseWithInputGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, *args):
-        x, alpha = args[0], args[2]
+    def forward(ctx, x, arguments):
         ctx.set_materialize_grads(False)
         ctx.x_shape, ctx.x_dtype, ctx.numel = x.shape, x.dtype, x.numel()
-        ctx.save_for_backward(alpha)
-        return ADD_NOISE_KERNELS.implementation_function()(*args)
+        ctx.save_for_backward(arguments[1])  # alpha
+        return ADD_NOISE_KERNELS.implementation_function()(x, *arguments)
 
     @staticmethod
     def backward(ctx, grad_noisy, grad_target):
         if grad_noisy is None:
-            return (None,) * 10
+            return None, None
         (alpha,) = ctx.saved_tensors
         g = grad_noisy.reshape(-1).to(alpha.dtype)
-        return (_add_noise_input_gradient(g, alpha, ctx.numel, ctx.x_shape, ctx.x_dtype),) + (None,) * 9
+        return _add_noise_input_gradient(g, alpha, ctx.numel, ctx.x_shape, ctx.x_dtype), None
 
 
 # ---- public functions ----------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def consistency_pair(x: torch.Tensor, sigma: Scalar, sigma_next: Scalar, *,
     checked = not (isinstance(sigma, torch.Tensor) or isinstance(sigma_next, torch.Tensor))
     seed = draw_seed(x.device, generator)
     if _x_alone_needs_grad(x, sig, sig_next):
-        return _PairWithIdentityGradient.apply(x, seed, sig, sig_next, inner, 0, checked)
+        return _PairWithIdentityGradient.apply(x, (seed, sig, sig_next, inner, 0, checked))
     return PAIR_KERNELS.call(x, seed, sig, sig_next, inner, 0, checked)
 
 
@@ -368,11 +369,11 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
         if sigma_given:
             check_nonnegative_values(sigma_t, "sigma")
         checked = True
-    args = (x, draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale, sample_inner, channel_inner,
-            0, checked)
+    arguments = (draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale, sample_inner, channel_inner,
+                 0, checked)
     if _x_alone_needs_grad(x, alpha_t, sigma_t):
-        return _AddNoiseWithInputGradient.apply(*args)
-    return ADD_NOISE_KERNELS.call(*args)
+        return _AddNoiseWithInputGradient.apply(x, arguments)
+    return ADD_NOISE_KERNELS.call(x, *arguments)
 
 
 # ---- noisefast::sampled_consistency_pair ---------------------------------------------------------
