@@ -68,6 +68,15 @@ def draw_seed(device: Union[torch.device, str], generator: Optional[torch.Genera
     return seed if generator is None else seed.to(device, non_blocking=True)
 
 
+def draw_seed_for(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``draw_seed(x.device, generator)``: the seed of one op call on the data x, with the common
+    case (a CPU tensor, the default generator, eager mode) first and without building x.device."""
+    if generator is None and x.is_cpu and _draw_cpu_seed is not None and not _is_compiling() \
+            and not _len_dispatch_stack() and not _functorch_active():
+        return _draw_cpu_seed(None)
+    return draw_seed(x.device, generator)
+
+
 def check_generator_state(state, generator: torch.Generator, name: str) -> torch.Tensor:
     """``state`` if ``generator.set_state(state)`` would succeed, else a TypeError/ValueError naming
     ``name``; checked on a scratch generator of the same device, so ``generator`` is not changed."""

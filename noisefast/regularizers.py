@@ -12,7 +12,7 @@ from ._compile import StepCounter
 from ._library import runs_eagerly
 from .magnitude import check_schedule, check_step, is_stateful, schedule_at
 from .ops.gaussian_noise import add_gaussian_noise, gaussian_noise, noise_scale
-from .random import check_generator_state, draw_seed
+from .random import check_generator_state, draw_seed_for
 
 __all__ = ["ScheduledNoise", "GaussianNoise", "set_noise_step"]
 
@@ -345,7 +345,7 @@ class GaussianNoise(ScheduledNoise):
             return gaussian_noise(x, self.std, training=False)
         check_float_tensor(x, "x")
         std_value, scale, inner = self.noise_scale(x)
-        return add_gaussian_noise(x, draw_seed(x.device, self.generator), std_value, scale, inner, True)
+        return add_gaussian_noise(x, draw_seed_for(x, self.generator), std_value, scale, inner, True)
 
     def extra_repr(self) -> str:
         return self._std_repr()

@@ -17,7 +17,7 @@ from .._checks import check_float_tensor, check_nonnegative_number, check_nonneg
 from .._dtypes import math_dtype
 from .._library import Kernels, host_scalar, plain_tensor, runs_eagerly
 from .._scalars import scalar_on
-from ..random import STREAM_NOISE, draw_seed
+from ..random import STREAM_NOISE, draw_seed_for
 from .randn import randn_out
 
 
@@ -147,7 +147,7 @@ def gaussian_noise(x: torch.Tensor, std: Union[float, torch.Tensor], *, training
     std_value, scale, inner = noise_scale(x, std)
     if not training:
         return x
-    return add_gaussian_noise(x, draw_seed(x.device, generator), std_value, scale, inner, False)
+    return add_gaussian_noise(x, draw_seed_for(x, generator), std_value, scale, inner, False)
 
 
 def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:

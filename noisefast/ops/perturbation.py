@@ -35,7 +35,7 @@ from .._checks import (check_finite_values, check_float_tensor, check_nonnegativ
 from .._dtypes import math_dtype
 from .._library import Kernels, plain_tensor, runs_eagerly
 from .._scalars import constant_vector, scalar_on
-from ..random import draw_seed
+from ..random import draw_seed_for
 
 Scalar = Union[float, torch.Tensor]
 
@@ -316,7 +316,7 @@ def consistency_pair(x: torch.Tensor, sigma: Scalar, sigma_next: Scalar, *,
     (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next},
                                                   nonnegative=("sigma", "sigma_next"))
     checked = not (isinstance(sigma, torch.Tensor) or isinstance(sigma_next, torch.Tensor))
-    seed = draw_seed(x.device, generator)
+    seed = draw_seed_for(x, generator)
     if _x_alone_needs_grad(x, sig, sig_next):
         return _PairWithIdentityGradient.apply(x, (seed, sig, sig_next, inner, 0, checked))
     return PAIR_KERNELS.call(x, seed, sig, sig_next, inner, 0, checked)
@@ -369,7 +369,7 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
         if sigma_given:
             check_nonnegative_values(sigma_t, "sigma")
         checked = True
-    arguments = (draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale, sample_inner, channel_inner,
+    arguments = (draw_seed_for(x, generator), alpha_t, sigma_t, gamma, offset_scale, sample_inner, channel_inner,
                  0, checked)
     if _x_alone_needs_grad(x, alpha_t, sigma_t):
         return _AddNoiseWithInputGradient.apply(x, arguments)
@@ -514,5 +514,5 @@ def sampled_consistency_pair(x: torch.Tensor, sigmas: torch.Tensor, cdf: torch.T
     if num_levels is not None:
         # Entries from n - 2 on read as 1: the kernels' clamp to the last interval, at n.
         cdf = torch.where(torch.arange(cdf.numel(), device=cdf.device) >= n - 2, 1.0, cdf)
-    seed = draw_seed(x.device, generator)
+    seed = draw_seed_for(x, generator)
     return SampledPair(*sampled_consistency_pair_op(x, seed, sigmas.to(torch.float64), cdf, 0))
