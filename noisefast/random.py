@@ -71,7 +71,7 @@ def draw_seed(device: Union[torch.device, str], generator: Optional[torch.Genera
 def draw_seed_for(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``draw_seed(x.device, generator)``: the seed of one op call on the data x, with the common
     case (a CPU tensor, the default generator, eager mode) first and without building x.device."""
-    if generator is None and x.is_cpu and _draw_cpu_seed is not None and not _is_compiling() \
+    if not _is_compiling() and generator is None and x.is_cpu and _draw_cpu_seed is not None \
             and not _len_dispatch_stack() and not _functorch_active():
         return _draw_cpu_seed(None)
     return draw_seed(x.device, generator)
