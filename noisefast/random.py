@@ -35,6 +35,7 @@ _draw_cpu_seed = getattr(extension(), "draw_cpu_seed", None)
 _is_compiling = torch.compiler.is_compiling
 _len_dispatch_stack = torch._C._len_torch_dispatch_stack
 _functorch_active = torch._C._are_functorch_transforms_active
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def draw_seed(device: Union[torch.device, str], generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -71,7 +72,7 @@ def draw_seed(device: Union[torch.device, str], generator: Optional[torch.Genera
 def draw_seed_for(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``draw_seed(x.device, generator)``: the seed of one op call on the data x, with the common
     case (a CPU tensor, the default generator, eager mode) first and without building x.device."""
-    if not _is_compiling() and generator is None and x.is_cpu and _draw_cpu_seed is not None \
+    if not _is_compiling() and generator is None and type(x) in _PLAIN and x.is_cpu and _draw_cpu_seed is not None \
             and not _len_dispatch_stack() and not _functorch_active():
         return _draw_cpu_seed(None)
     return draw_seed(x.device, generator)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ._checks import check_float_tensor, check_int_tensor, check_nonnegative_number, check_nonnegative_values, check_values
 from ._compile import StepCounter
-from ._library import runs_eagerly
+from ._library import plain_tensor, runs_eagerly
 from .magnitude import check_schedule, check_step, is_stateful, schedule_at
 from .ops.gaussian_noise import add_gaussian_noise, gaussian_noise, noise_scale
 from .random import check_generator_state, draw_seed_for
@@ -156,7 +156,7 @@ class ScheduledNoise(nn.Module):
         """``(std_value, scale, inner)`` of the gaussian_noise op for input x, schedule included."""
         if runs_eagerly():  # (first: traced by torch.compile nothing below is read, so nothing is guarded)
             host_sigma = self._host_sigma
-            if host_sigma is not None and host_sigma[0] is self.std and x.is_cpu:
+            if host_sigma is not None and host_sigma[0] is self.std and x.is_cpu and plain_tensor(x):
                 # Eager on the CPU with a number std (the one the products were formed with): the
                 # magnitude as a number, the product the kernel would form from std and the factor
                 # tensor, to the bit (see _sigma_on_host).

@@ -361,9 +361,9 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
     if not alpha_given and not math.isfinite(float(alpha)):
         raise ValueError(f"alpha must be finite, got {float(alpha)}")
     checked = not (alpha_given or sigma_given)
-    if not checked and x.is_cpu and runs_eagerly():
-        # CPU values in eager mode: the tensors given are checked here, on the host, and the op is
-        # told so; it would otherwise also read the vectors made from numbers (checked already).
+    if not checked and runs_eagerly() and x.is_cpu and plain_tensor(x) and plain_tensor(alpha_t) and plain_tensor(sigma_t):
+        # Plain CPU tensors in eager mode: the tensors given are checked here, on the host, and the
+        # op is told so; it would otherwise also read the vectors made from numbers (checked already).
         if alpha_given:
             check_finite_values(alpha_t, "alpha")
         if sigma_given:
