@@ -219,7 +219,7 @@ def foreach_gaussian_noise(tensors: Union[torch.Tensor, Sequence[torch.Tensor]],
         return []
     if type(ts[0]) is not torch.Tensor and is_dtensor(ts[0]):
         return _foreach_dtensor(ts, stds, std_tensor, generator, in_place=False)
-    return foreach_gaussian_noise_op(ts, draw_seed(ts[0].device, generator), stds, std_tensor)
+    return KERNELS.call(ts, draw_seed(ts[0].device, generator), stds, std_tensor)
 
 
 def _foreach_dtensor(ts: List[torch.Tensor], stds: List[float], std_tensor: Optional[torch.Tensor],
