@@ -232,6 +232,10 @@ class Run:
         self.history = []           # one entry per logging window
         self.window = []            # losses of the current logging window
         self.train_seconds = 0.0
+        # Set to True to keep the last step's per-sample levels and losses in self.last_per_sample
+        # (examples/compare_schedules.py bins them by noise level); off by default (one more pass).
+        self.keep_per_sample = False
+        self.last_per_sample = None
 
     def lr_at(self, step: int) -> float:
         warmup = self.cfg["warmup"]
@@ -247,6 +251,14 @@ class Run:
         with torch.no_grad():
             target = self.model(batch.x_cur, batch.sigma)
         loss = noisefast.pseudo_huber_loss(student, target, weight=batch.weight)
+        if self.keep_per_sample:
+            # [B] each: sigma_{i+1} (the student's level), the unweighted pseudo-Huber distance d_b,
+            # and the weight lambda_b = 1 / (sigma_{i+1} - sigma_i); the loss is mean(weight * distance).
+            with torch.no_grad():
+                self.last_per_sample = {
+                    "sigma_next": batch.sigma_next,
+                    "distance": noisefast.pseudo_huber_loss(student.detach(), target, reduction="none"),
+                    "weight": batch.weight}
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
