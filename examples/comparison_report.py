@@ -228,17 +228,19 @@ def plot_curves(runs, seeds, path: Path) -> None:
               (("two_step", "kernel_distance"), "kernel distance (KID recipe), 2-step", ref["kernel_distance_test"]))
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for ax, (metric, title, floor) in zip(axes.flat, panels):
+        lowest = floor
         for cell, by_seed in runs.items():
             steps, values = curve([by_seed[s] for s in seeds], metric)
             colour, dash = style[cell]
             q25, q50, q75 = np.nanpercentile(values, [25, 50, 75], axis=0)
             ax.plot(steps, q50, dash, color=colour, marker="o", ms=3, label=CELLS[cell]["label"])
             ax.fill_between(steps, q25, q75, color=colour, alpha=0.15, lw=0)
+            lowest = min(lowest, float(np.nanmin(q25)))
         ax.axhline(floor, color="k", lw=0.8, ls=":", label="held-out real digits (floor)")
-        if "kernel" in metric[1]:
-            ax.set_yscale("symlog", linthresh=max(abs(floor), 1.0))
-        else:
+        if lowest > 0:
             ax.set_yscale("log")
+        else:       # the unbiased kernel distance can be slightly negative
+            ax.set_yscale("symlog", linthresh=max(abs(floor), 1.0))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both")
     for ax in axes[1]:
@@ -325,7 +327,8 @@ def report_markdown(runs, seeds, settings: dict, left_out: Dict[str, List[int]],
         f"{datetime.date.today().isoformat()}.*",
         "",
         "Settings shared by every run: "
-        + ", ".join(f"`{k}` {v}" for k, v in sorted(settings.items())) + ".",
+        + ", ".join(f"`{k}` {v}" for k, v in sorted(settings.items()) if k != "constant_n")   # no constant N here
+        + ".",
         f"Floors (held-out real test digits against the training digits, same sample size as each chunk): "
         f"Frechet distance {ref['frechet_distance_test']:.2f}, kernel distance {ref['kernel_distance_test']:.1f}; "
         f"digits classifier test accuracy {ref['classifier_test_accuracy']:.3f}.",
