@@ -35,6 +35,12 @@ then, so replacing a parameter (``load_state_dict(assign=True)``, ``to_empty``, 
 swaps parameters) does not leave the EMA averaging stale tensors. Wrapped models
 (``torch.compile``, DDP) are tracked under the inner model's names.
 
+Sharded models (FSDP2's ``fully_shard``, tensor parallelism: DTensor parameters): the shadows are
+plain tensors shaped as this rank's local shards, averaged with no communication (the EMA is
+elementwise). ``state_dict()`` wraps them as DTensors laid out as the parameters, for
+``torch.distributed.checkpoint`` (resharding onto another world size included), and
+``full_averaged()`` gathers the full weights (noisefast/sharded_state.py).
+
 Precision: shadows are float32 by default whatever the weights' dtype (a float64 weight keeps a
 float64 shadow). A bfloat16 shadow of a bfloat16 weight is allowed (``dtype=None`` or
 ``dtype=torch.bfloat16``) but is a trap: once (1 - decay) * |weight - shadow| is under half a
@@ -278,8 +284,8 @@ class EMA:
             parameters), at the cost of one dict lookup per tensor when nothing changed. A
             wrapped model (``torch.compile``, DistributedDataParallel, DataParallel) is tracked
             under its inner model's names (:func:`unwrap_model`); an FSDP2 model's parameters are
-            averaged shard by shard (each rank keeps and saves its shards). A list's tensors are
-            kept as given.
+            averaged shard by shard (each rank keeps its shards; :meth:`state_dict` holds them as
+            DTensors, :meth:`full_averaged` gathers them). A list's tensors are kept as given.
         decay: the decay of a classic EMA, in [0, 1] (ignored with ``sigma_rels``).
         warmup: None (constant decay), "ramp", "inverse_gamma" or a callable u -> decay in [0, 1]
             (see :func:`ema_decay`).
@@ -291,7 +297,8 @@ class EMA:
             weight's own dtype), or float16/bfloat16/float64 for weights of that dtype only.
         device: where the shadows live (default: each weight's device). ``device="cpu"`` keeps
             a GPU model's EMA in host memory; each update then copies the weights to the host
-            (a device-to-host transfer and a synchronisation per step).
+            (a device-to-host transfer and a synchronisation per step). Not for sharded weights,
+            whose shadows stay on their mesh's device type (ValueError).
         inv_gamma, power, min_decay: parameters of the schedules (see :func:`ema_decay`).
 
     What is averaged: every floating-point parameter (and every floating tensor of a list) has a

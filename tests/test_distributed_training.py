@@ -91,7 +91,7 @@ def _fsdp_checks(rank: int, world: int, directory: str) -> dict:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor import DTensor, Partial, Replicate
 
     model = make_net()
     fully_shard(model.inp)
@@ -168,6 +168,13 @@ def _fsdp_checks(rank: int, world: int, directory: str) -> dict:
     resumed.load_state_dict(in_memory.state_dict())
     assert all(torch.equal(resumed.reconstruct(SIGMA_REL)[n], local[n]) for n in local)
 
+    # Placements the EMA cannot serve, and shadows away from the mesh's device, are refused by name.
+    pending = DTensor.from_local(torch.ones(2), model.inp.weight.device_mesh, [Partial()])
+    with pytest.raises(ValueError, match=r"0 is a DTensor with placement Partial"):
+        EMA([pending])
+    with pytest.raises(ValueError, match=r"device=meta cannot hold the shadow of gain"):
+        EMA(model, device="meta")
+
     # A bfloat16 sharded model keeps float32 shadow shards.
     model16 = make_net().to(torch.bfloat16)
     fully_shard(model16)
@@ -209,6 +216,9 @@ def _ddp_checks(rank: int, world: int) -> dict:
 
     out["agree"], agreed = replicas_after_noise()
     out["agree_state"] = agreed.state_dict()["generator"]
+    resumed = GradientNoise(make_net().parameters(), eta=0.5)  # agrees on a new seed, then loads the old
+    resumed.load_state_dict(agreed.state_dict())
+    assert torch.equal(resumed.state_dict()["generator"], out["agree_state"])
     out["local"], _ = replicas_after_noise(distributed="local")
     generator = torch.Generator().manual_seed(7 + rank)
     out["agree_generator"], _ = replicas_after_noise(generator=generator)
@@ -302,6 +312,24 @@ def test_ddp_gradient_noise_replicas_and_ema_names():
     assert not torch.allclose(zero["local"], one["local"])
     # The noise did act: the agreed run differs from a run without noise.
     assert not torch.allclose(zero["agree"], zero["local"])
+
+
+def test_gradient_noise_without_a_process_group_draws_as_before():
+    net = make_net()
+    with pytest.raises(ValueError, match="distributed must be one of"):
+        GradientNoise(net.parameters(), distributed="broadcast")
+    noise = GradientNoise(net.parameters(), eta=0.5, distributed="check")
+    assert noise.state_dict()["generator"] is None  # no agreement: the default generator, as before
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    torch.manual_seed(3)
+    noise.step()
+    got = [p.grad.clone() for p in net.parameters()]
+    torch.manual_seed(3)
+    for p in net.parameters():
+        p.grad.zero_()
+    GradientNoise(net.parameters(), eta=0.5, distributed="local").step()
+    assert all(torch.equal(a, p.grad) for a, p in zip(got, net.parameters()))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("noisefast._dtensor") is None,
