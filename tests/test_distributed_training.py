@@ -8,6 +8,7 @@ the single-process references run in the test process itself, without a process 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import io
 import os
@@ -71,11 +72,11 @@ def packed(fn):
     """``fn`` returning its value as torch.save bytes: tensors put on the helper's queue travel
     through shared memory that the sending process must outlive, which a rank that returns and
     exits does not."""
+    @functools.wraps(fn)
     def wrapper(rank, world, *args):
         buffer = io.BytesIO()
         torch.save(fn(rank, world, *args), buffer)
         return buffer.getvalue()
-    wrapper.__name__ = wrapper.__qualname__ = fn.__name__.lstrip("_")
     return wrapper
 
 
@@ -259,13 +260,28 @@ def _sharded_gradient_noise(rank: int, world: int) -> dict:
             "generator_state": agreed, "std": noise.std(0)}
 
 
-fsdp_checks, ddp_checks, sharded_gradient_noise = map(packed, (_fsdp_checks, _ddp_checks, _sharded_gradient_noise))
+SHARDED_OPS = importlib.util.find_spec("noisefast._dtensor") is not None  # issue #15 items 1-2
 
 
-def test_fsdp2_ema_matches_one_process_and_checkpoints_across_world_sizes(tmp_path):
+@packed
+def all_checks(rank: int, world: int, directory: str) -> dict:
+    """Every multi-process check, in one spawned group (each spawn costs seconds)."""
+    return {"fsdp": _fsdp_checks(rank, world, directory), "ddp": _ddp_checks(rank, world),
+            "sharded_noise": _sharded_gradient_noise(rank, world) if SHARDED_OPS else None}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The results of :func:`all_checks` on 2 ranks, and the directory of their checkpoints."""
+    directory = tmp_path_factory.mktemp("two-ranks")
+    return unpacked(run_distributed(2, all_checks, str(directory))), directory
+
+
+def test_fsdp2_ema_matches_one_process_and_checkpoints_across_world_sizes(two_ranks):
     import torch.distributed.checkpoint as dcp
 
-    results = unpacked(run_distributed(2, fsdp_checks, str(tmp_path)))
+    both, tmp_path = two_ranks
+    results = [r["fsdp"] for r in both]
     for r in results[1:]:
         for key in ("final", "at_save", "phema", "params"):
             assert all(torch.equal(r[key][n], results[0][key][n]) for n in r[key])
@@ -302,9 +318,8 @@ def test_fsdp2_ema_matches_one_process_and_checkpoints_across_world_sizes(tmp_pa
         torch.testing.assert_close(t, sharded["final"][n], rtol=1e-5, atol=1e-6)
 
 
-def test_ddp_gradient_noise_replicas_and_ema_names():
-    results = unpacked(run_distributed(2, ddp_checks))
-    zero, one = results
+def test_ddp_gradient_noise_replicas_and_ema_names(two_ranks):
+    zero, one = (r["ddp"] for r in two_ranks[0])
     # Agreed seeds (the default): the replicas stay identical, with or without generator=.
     assert torch.equal(zero["agree"], one["agree"]) and torch.equal(zero["agree_generator"], one["agree_generator"])
     assert torch.equal(zero["agree_state"], one["agree_state"])
@@ -332,12 +347,11 @@ def test_gradient_noise_without_a_process_group_draws_as_before():
     assert all(torch.equal(a, p.grad) for a, p in zip(got, net.parameters()))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("noisefast._dtensor") is None,
-                    reason="DTensor support in the ops (issue #15 items 1-2) is not in this tree")
-def test_fsdp2_gradient_noise_is_the_unsharded_noise_of_the_agreed_seed():
+@pytest.mark.skipif(not SHARDED_OPS, reason="DTensor support in the ops (issue #15 items 1-2) is not in this tree")
+def test_fsdp2_gradient_noise_is_the_unsharded_noise_of_the_agreed_seed(two_ranks):
     from noisefast import foreach_gaussian_noise_
 
-    zero, one = unpacked(run_distributed(2, sharded_gradient_noise))
+    zero, one = (r["sharded_noise"] for r in two_ranks[0])
     assert torch.equal(zero["generator_state"], one["generator_state"])
     generator = torch.Generator().set_state(zero["generator_state"])
     expected = [torch.zeros_like(v) for v in zero["noise"].values()]
