@@ -74,8 +74,8 @@ def layout_of(t: torch.Tensor, name: str) -> Optional[ShardLayout]:
         return None
     for placement in t.placements:
         if not (placement.is_shard() or placement.is_replicate()):
-            raise ValueError(f"{name} is a DTensor with placement {type(placement).__name__} ({placement}): noisefast serves Shard and "
-                             "Replicate placements (redistribute it to one of them first)")
+            raise ValueError(f"{name} is a DTensor with placement {type(placement).__name__} ({placement}): "
+                             "noisefast serves Shard and Replicate placements (redistribute it first)")
     return ShardLayout(t.device_mesh, tuple(t.placements), t.shape, tuple(t.stride()))
 
 
