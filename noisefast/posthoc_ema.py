@@ -84,9 +84,11 @@ class PostHocEMA:
     file per rank, ``phema-<t>.rank<r>-of-<w>.pt``), :meth:`reconstruct` combines them shard by
     shard (the combination is elementwise) and :meth:`copy_to` writes them into the sharded
     model; ``reconstruct(..., full=True)`` gathers full tensors (a collective: every rank calls
-    it). :meth:`state_dict` holds in-memory snapshots as DTensors, like the EMA's state, for
-    ``torch.distributed.checkpoint``; snapshot files are read back by the ranks that wrote them,
-    so a run with snapshots on disk resumes on the same world size.
+    it). :meth:`state_dict` holds the shards of in-memory snapshots as DTensors, like the EMA's
+    state, so ``torch.distributed.checkpoint`` saves them whole (it loads into the tensors of an
+    existing state, i.e. into a PostHocEMA holding the same snapshot times). A run resumes from
+    snapshots on disk (``directory=``), which each rank reads back from its own file: on the same
+    world size.
     """
 
     def __init__(self, model_or_params, sigma_rels: Sequence[float] = (0.05, 0.10), *,
