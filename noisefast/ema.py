@@ -342,10 +342,11 @@ class EMA:
         self.include_buffers = include_buffers
 
         params, buffers, module = _named_tensors(model_or_params)
-        if not params and not buffers:
-            raise ValueError("model_or_params has no tensors to track")
         self._from_module = module is not None
         tracked = params + (buffers if include_buffers else [])
+        if not tracked:
+            raise ValueError("model_or_params has no tensors to track"
+                             + (" (it has buffers only, and include_buffers is False)" if buffers else ""))
         averaged = [i for i, (_, t) in enumerate(params) if t.is_floating_point()]
         copied = [i for i in range(len(tracked)) if i >= len(params) or not params[i][1].is_floating_point()]
         self._avg_names: List[str] = [tracked[i][0] for i in averaged]
@@ -387,7 +388,7 @@ class EMA:
         self._traced_updates = StepCounter(0, first.device)
         for t in [s for shadows in self._shadows for s in shadows] + self._copies:
             mark_static(t)
-        self._plan_key = None  # (the tensors followed, which averaged ones are frozen) the plan was made for
+        self._plan_key = None  # (the tensors followed, which averaged ones are frozen, their dtypes) the plan was made for
         self._plan = None
         self._current_plan()  # made now: a compiled update's first call then traces what every later call runs
 
@@ -458,20 +459,30 @@ class EMA:
         sources = self.tracked_tensors()
         n = len(self._avg_names)
         frozen = [_is_frozen(t) for t in sources[:n]]
+        dtypes = [t.dtype for t in sources]  # .half()/.double() keep the Parameter, change its dtype
         key = self._plan_key
-        if key is not None and frozen == key[1] and all(map(operator.is_, sources, key[0])):
+        if key is not None and frozen == key[1] and dtypes == key[2] and all(map(operator.is_, sources, key[0])):
             return self._plan
         if self.sharded and reshard_fsdp(self._resolver.module if self._resolver is not None else nn.Module()):
             sources = self.tracked_tensors()  # FSDP2 parameters left unsharded by a no_grad forward
             frozen = [_is_frozen(t) for t in sources[:n]]
-        locals_ = [local_tensor(t).detach() for t in sources]
+            dtypes = [t.dtype for t in sources]
+        # The tensors themselves (their local shards), not detached views: ``param.data = ...`` (what
+        # .to(), .half(), .cuda() and to_empty do) swaps a Parameter's storage under the same object,
+        # and a detached view would keep the old storage. Only read, with grad mode off.
+        with torch.no_grad():
+            locals_ = [local_tensor(t) for t in sources]
         for name, t, ours in zip(self._names, locals_, [s for s in self._shadows[0]] + self._copies):
             if t.shape != ours.shape:
                 raise ValueError(f"the model's tensor {name} has shape {tuple(t.shape)} now, the EMA's is "
                                  f"{tuple(ours.shape)}: build the EMA after the model is wrapped or resized")
-        for name, t in zip(self._avg_names, locals_[:n]):
+        for name, t, shadow in zip(self._avg_names, locals_[:n], self._shadows[0]):
             if not t.is_floating_point():
                 raise TypeError(f"the model's tensor {name} is {t.dtype} now; the EMA averages it as a float tensor")
+            if not (t.dtype == shadow.dtype or (shadow.dtype == torch.float32 and t.dtype in (torch.float16, torch.bfloat16))):
+                raise TypeError(f"the model's tensor {name} is {t.dtype} now and its shadow is {shadow.dtype}: a "
+                                "shadow has its weight's dtype, or float32 for float16/bfloat16 weights (build the "
+                                "EMA after converting the model, or load its state into a new EMA)")
         groups: Dict[torch.device, List[int]] = {}
         for i in range(n):
             if not frozen[i]:
@@ -481,7 +492,7 @@ class EMA:
         frozen_pairs = [([shadows[i] for shadows in self._shadows], locals_[i]) for i in range(n) if frozen[i]]
         copied = list(zip(self._copies, locals_[n:]))
         self._plan = (averaged, frozen_pairs, copied)
-        self._plan_key = (sources, frozen)
+        self._plan_key = (sources, frozen, dtypes)
         return self._plan
 
     def decays_on_device(self, step: torch.Tensor) -> torch.Tensor:
