@@ -103,6 +103,10 @@ class StepCounter:
     def to(self, device) -> None:
         """Move the tensor to ``device`` (the host copy is kept)."""
         host = self._host
-        self.tensor = mark_static(self.tensor.to(device))
+        if self.tensor.is_meta:  # built under torch.device("meta"), then to_empty: nothing to copy out
+            moved = torch.full((), host or 0, dtype=self.tensor.dtype, device=device)
+        else:
+            moved = self.tensor.to(device)
+        self.tensor = mark_static(moved)
         self._on_cuda = self.tensor.is_cuda
         self._host = host

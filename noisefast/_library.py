@@ -28,7 +28,7 @@ import importlib
 import importlib.util
 import os
 import warnings
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -49,6 +49,11 @@ def _load_extension():
 
 
 _EXTENSION, _EXTENSION_ERROR = _load_extension()
+
+
+def extension():
+    """The compiled extension module ``noisefast._C``, or None when it could not be loaded."""
+    return _EXTENSION
 
 
 def extension_error() -> Optional[str]:
@@ -194,8 +199,8 @@ def kernel_schema(op) -> str:
 _is_compiling = torch.compiler.is_compiling
 _len_dispatch_stack = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode() reads
 _functorch_active = torch._C._are_functorch_transforms_active
+_is_grad_enabled = torch.is_grad_enabled
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-_NON_TENSORS = (float, int, bool, type(None), str)
 # The answers of _direct_call: dispatch through the op / call directly / directly with autograd.
 _VIA_OP, _DIRECT, _DIRECT_WITH_GRAD = 0, 1, 2
 
@@ -211,31 +216,67 @@ def _is_cpu_or_cuda(device: torch.device) -> bool:
     return known
 
 
-def _direct_call(args) -> int:
-    """How :meth:`Kernels.call` runs ``args``: _VIA_OP under torch.compile, a dispatch mode (fake
+def tensor_positions(op) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(positions of the Tensor / Tensor? arguments, positions of the Tensor[] arguments) in the
+    schema of the custom op ``op``: what :func:`_direct_call` looks at."""
+    singles, lists = [], []
+    for i, argument in enumerate(op._opoverload._schema.arguments):
+        kind = str(argument.type)
+        if kind in ("Tensor", "Optional[Tensor]"):
+            singles.append(i)
+        elif kind in ("List[Tensor]", "List[Optional[Tensor]]"):
+            lists.append(i)
+    return tuple(singles), tuple(lists)
+
+
+def _direct_call(args, singles: Tuple[int, ...], lists: Tuple[int, ...]) -> int:
+    """How :meth:`Kernels.call` runs ``args`` (the op's tensor arguments at positions ``singles``,
+    its tensor-list arguments at ``lists``): _VIA_OP under torch.compile, a dispatch mode (fake
     tensors, export) or a functorch transform, or with a tensor subclass or a tensor on a device
     other than CPU/CUDA; else _DIRECT_WITH_GRAD when a tensor requires grad in grad mode, _DIRECT
-    otherwise. (Written for speed: ``isinstance(v, torch.Tensor)`` costs ~0.5 us on a non-tensor,
-    ``t.device.type`` ~2 us.)"""
+    otherwise. (Written for speed: only the tensor positions are looked at; ``t.device.type``
+    would cost ~2 us.)"""
     if _is_compiling() or _len_dispatch_stack() or _functorch_active():
         return _VIA_OP
     grad = False
-    for a in args:
-        kind = type(a)
-        if kind in _NON_TENSORS:
+    for i in singles:
+        a = args[i]
+        if a is None:
             continue
-        if kind in _PLAIN_TENSORS:
-            if not (a.is_cpu or a.is_cuda):
+        if type(a) not in _PLAIN_TENSORS or not (a.is_cpu or a.is_cuda):
+            return _VIA_OP  # a tensor subclass (the op's own dispatch judges it), another device, not a tensor
+        if a.requires_grad:
+            grad = True
+    for i in lists:
+        for a in args[i]:
+            if a is None:
+                continue
+            if type(a) not in _PLAIN_TENSORS or not (a.is_cpu or a.is_cuda):
                 return _VIA_OP
-            grad = grad or a.requires_grad
-        elif kind is list or kind is tuple:
-            inner = _direct_call(a)
-            if inner == _VIA_OP:
-                return _VIA_OP
-            grad = grad or inner == _DIRECT_WITH_GRAD
-        else:  # a tensor subclass, or anything else the op's own dispatch should judge
-            return _VIA_OP
-    return _DIRECT_WITH_GRAD if grad and torch.is_grad_enabled() else _DIRECT
+            if a.requires_grad:
+                grad = True
+    return _DIRECT_WITH_GRAD if grad and _is_grad_enabled() else _DIRECT
+
+
+def runs_eagerly() -> bool:
+    """Whether ops run eagerly here: not traced by torch.compile, under no dispatch mode (fake
+    tensors, export), inside no functorch transform. Only then may a call take a shortcut that
+    reads values on the host or picks its kernel by what the tensors hold."""
+    return not _is_compiling() and not _len_dispatch_stack() and not _functorch_active()
+
+
+def host_scalar(t: torch.Tensor) -> bool:
+    """Whether the tensor ``t`` may be read now as a Python number in its place: a plain 0-d CPU
+    tensor through which no gradient is wanted, in eager mode (:func:`runs_eagerly`). Its value is
+    then the same number the kernels would read from it, for ~3 us less per call than a tensor
+    operand."""
+    return (runs_eagerly() and type(t) in _PLAIN_TENSORS and t.is_cpu and t.dim() == 0
+            and not (t.requires_grad and _is_grad_enabled()))
+
+
+def plain_tensor(t: torch.Tensor) -> bool:
+    """A CPU or CUDA tensor of torch's own types (no subclass): what the eager shortcuts may run."""
+    return type(t) in _PLAIN_TENSORS and (t.is_cpu or t.is_cuda)
 
 
 def _autograd_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
@@ -261,7 +302,6 @@ def increment_versions(tensors: List[torch.Tensor]) -> None:
             torch.autograd.graph.increment_version(t)
 
 
-_is_grad_enabled = torch.is_grad_enabled
 _set_grad_enabled = torch._C._set_grad_enabled
 
 
@@ -294,6 +334,8 @@ class Kernels:
         self._function = None     # see register_autograd
         self._backends: Dict[tuple, str] = {}  # see backend_for
         self._kernels: Dict[tuple, Callable] = {}  # see kernel_for
+        self._in_place: Dict[torch.device, Callable] = {}  # run_in_place's kernels of CPU/CUDA devices, no forced backend
+        self._singles, self._lists = tensor_positions(op)  # see call
         _COMPILED_LIBRARY.define(kernel_schema(op))
 
     def register_autograd(self, backward: Callable, *, setup_context: Callable) -> None:
@@ -313,19 +355,25 @@ class Kernels:
         needed: the custom op's layers (autograd, redispatch, backend lookup, argument binding)
         cost ~100 us per call, more than a small tensor's kernel (benchmarks/bench_overhead.py).
         """
-        how = _direct_call(args)
+        how = _direct_call(args, self._singles, self._lists)
         if how == _DIRECT:
             return self._impl(*args)
         if how == _DIRECT_WITH_GRAD and self._function is not None:
             return self._function.apply(*args)
         return self.op(*args)  # (an op without autograd raises there as it should)
 
+    def implementation_function(self) -> Callable:
+        """The op's Python implementation (its checks, then the backend's kernel): what the custom
+        op's CPU/CUDA kernels run, and what :meth:`call` runs directly in eager mode."""
+        return self._impl
+
     def implementation(self, backend: str) -> Callable:
         """The function that runs this op on ``backend`` (imported on first use)."""
         fn = self._resolved.get(backend)
         if fn is None:
             if backend in ("cpu", "cuda"):
-                fn = getattr(torch.ops.noisefast_C, self.name).default  # the overload: no overload resolution per call
+                # The overload's C++ callable: no overload resolution, no Python frame of OpOverload.__call__.
+                fn = getattr(torch.ops.noisefast_C, self.name).default._op
             else:
                 fn = getattr(importlib.import_module(self.modules[backend]), self.name)
             self._resolved[backend] = fn
@@ -356,25 +404,35 @@ class Kernels:
     def run_in_place(self, device: torch.device, written: List[torch.Tensor], *args) -> None:
         """Run the op on ``args``, which writes the tensors ``written`` in place.
 
-        Traced (torch.compile), under a dispatch mode (fake tensors, export) or on other devices,
-        this is the custom op, under no_grad. In eager mode on CPU/CUDA tensors it calls the backend
+        Traced (torch.compile), under a dispatch mode (fake tensors, export) or a functorch
+        transform, or on other devices, this is the custom op, under no_grad. In eager mode on CPU/CUDA tensors it calls the backend
         directly, with grad mode off, and bumps the written tensors' version counters itself: the
         custom op's Python layers
         (autograd, ADInplaceOrView, backend) convert and walk a list argument three times, ~2 us
         per tensor, which for a 300-tensor model is ~0.7 ms per call, more than the CUDA EMA
         kernel takes for 100M parameters (torch._foreach_lerp_ pays ~0.1 ms).
         """
-        if _is_compiling() or _len_dispatch_stack() or not _is_cpu_or_cuda(device):
+        if _is_compiling() or _len_dispatch_stack() or _functorch_active():
             with torch.no_grad():
                 self.op(*args)
             return
+        forced = _FORCED.get()
+        kernel = self._in_place.get(device) if forced is None else None
+        if kernel is None:
+            if not _is_cpu_or_cuda(device):
+                with torch.no_grad():
+                    self.op(*args)
+                return
+            kernel = self.kernel_for(device)
+            if forced is None:
+                self._in_place[device] = kernel
         # Grad mode off around the kernel as under no_grad, without the context manager's ~2 us.
-        grad_enabled = _is_grad_enabled()
-        if grad_enabled:
+        if _is_grad_enabled():
             _set_grad_enabled(False)
-        try:
-            self.kernel_for(device)(*args)
-        finally:
-            if grad_enabled:
+            try:
+                kernel(*args)
+            finally:
                 _set_grad_enabled(True)
+        else:
+            kernel(*args)
         increment_versions(written)

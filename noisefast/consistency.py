@@ -28,9 +28,8 @@ from typing import Dict, NamedTuple, Optional, Tuple, Union
 import torch
 
 from ._checks import check_float_tensor, check_int, check_int_tensor, check_values
-from .ops.perturbation import check_level_table, per_sample_arguments, sampled_consistency_pair_op
-from .ops.perturbation import consistency_pair_op
-from .random import draw_seed
+from .ops.perturbation import PAIR_KERNELS, SAMPLED_PAIR_KERNELS, check_level_table, per_sample_arguments
+from .random import draw_seed_for
 from .schedules import KarrasLevels, LevelDistribution, LogNormalLevels, curriculum_stages, make_curriculum
 
 Step = Union[int, torch.Tensor]
@@ -197,14 +196,14 @@ class ConsistencyNoise:
         stage = self._stage(step, tables)
         sigmas = _row(tables.sigmas, stage)
         if tables.cdf is not None:
-            return ConsistencyBatch(*sampled_consistency_pair_op(x, draw_seed(x.device, generator), sigmas,
-                                                                 _row(tables.cdf, stage), 0))
+            return ConsistencyBatch(*SAMPLED_PAIR_KERNELS.call(x, draw_seed_for(x, generator), sigmas,
+                                                               _row(tables.cdf, stage), 0))
         index = self._sample_indices(x.shape[0], sigmas, tables, stage, generator)
         lo, hi = sigmas[index], sigmas[index + 1]
         sigma, sigma_next = lo.to(torch.float32), hi.to(torch.float32)
         # The levels come from the checked tables: the op need not read them back.
         (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next}, nonnegative=())
-        x_cur, x_next = consistency_pair_op(x, draw_seed(x.device, generator), sig, sig_next, inner, 0, True)
+        x_cur, x_next = PAIR_KERNELS.call(x, draw_seed_for(x, generator), sig, sig_next, inner, 0, True)
         return ConsistencyBatch(x_cur, x_next, sigma, sigma_next, (1.0 / (hi - lo)).to(torch.float32), index)
 
     def _sample_indices(self, batch_size: int, sigmas: torch.Tensor, tables: LevelTables,

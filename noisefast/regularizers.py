@@ -1,6 +1,7 @@
 """Noise injection for robustness: modules that wrap the fused noise ops, with magnitude schedules."""
 from __future__ import annotations
 
+import struct
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -8,11 +9,17 @@ from torch import nn
 
 from ._checks import check_float_tensor, check_int_tensor, check_nonnegative_number, check_nonnegative_values, check_values
 from ._compile import StepCounter
+from ._library import plain_tensor, runs_eagerly
 from .magnitude import check_schedule, check_step, is_stateful, schedule_at
-from .ops.gaussian_noise import KERNELS as GAUSSIAN_NOISE, gaussian_noise, noise_scale
-from .random import check_generator_state, draw_seed
+from .ops.gaussian_noise import add_gaussian_noise, gaussian_noise, noise_scale
+from .random import check_generator_state, draw_seed_for
 
 __all__ = ["ScheduledNoise", "GaussianNoise", "set_noise_step"]
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (as a Python float)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _check_std_tensor(std: torch.Tensor) -> None:
@@ -57,6 +64,7 @@ class ScheduledNoise(nn.Module):
         self.register_buffer("_factor", None if schedule is None else torch.ones((), dtype=torch.float64),
                              persistent=False)
         self._counter = StepCounter(0)
+        self._host_sigma = None  # (see _sigma_on_host) set with the factor on the host
         # The same factor rounded to float32, shaped [1]: the scale operand itself for inputs whose
         # kernels compute in float32 (they would round the float64 factor to float32 on every call).
         self.register_buffer("_factor_float32", None if schedule is None else torch.ones(1, dtype=torch.float32),
@@ -109,10 +117,23 @@ class ScheduledNoise(nn.Module):
             value = check_nonnegative_number(self.schedule(step), "schedule(step)")
             self._factor.fill_(value)
             self._factor_float32.fill_(value)
+            self._host_sigma = self._sigma_on_host(value)
         self._counter.set(step)
+
+    def _sigma_on_host(self, factor: float):
+        """(std, magnitude for float32-math inputs, for float64 inputs) as Python numbers: the products
+        the kernels form from ``std`` and the factor tensor. In float64, ``std * factor``. In float32,
+        float32(std) * float32(factor): two float32 values multiply exactly in a double (24 + 24
+        significant bits), and the kernel's one rounding of that double to float32 is the rounding
+        of the float32 product. None when std is a tensor."""
+        std = self.std
+        if type(std) is not float:
+            return None
+        return (std, _float32(std) * _float32(factor), std * factor)
 
     def _refresh_factor(self) -> None:
         """The factor from the device counter, on the device (checked there: >= 0 and finite)."""
+        self._host_sigma = None  # the factor is known on the device only
         if self._factor is not None:
             self._factor.copy_(schedule_at(self.schedule, self._counter.tensor.to(self._factor.device)))
             self._factor_float32.copy_(self._factor.reshape(1))
@@ -133,6 +154,13 @@ class ScheduledNoise(nn.Module):
 
     def noise_scale(self, x: torch.Tensor):
         """``(std_value, scale, inner)`` of the gaussian_noise op for input x, schedule included."""
+        if runs_eagerly():  # (first: traced by torch.compile nothing below is read, so nothing is guarded)
+            host_sigma = self._host_sigma
+            if host_sigma is not None and host_sigma[0] is self.std and x.is_cpu and plain_tensor(x):
+                # Eager on the CPU with a number std (the one the products were formed with): the
+                # magnitude as a number, the product the kernel would form from std and the factor
+                # tensor, to the bit (see _sigma_on_host).
+                return host_sigma[2 if x.dtype == torch.float64 else 1], None, 1
         std_value, scale, inner = noise_scale(x, self.std)
         if self._factor is None:
             return std_value, scale, inner
@@ -162,9 +190,11 @@ class ScheduledNoise(nn.Module):
         # is rebuilt in float64 (and float32) on its new device from the schedule itself. The step counter
         # follows the factor (or std) to its device.
         module = super()._apply(fn, recurse)
-        if self._factor is not None and self._factor.dtype != torch.float64:
+        # Rebuilt every time, not only on a dtype change: to_empty keeps the dtype and leaves the
+        # memory uninitialised.
+        if self._factor is not None:
             self._factor = torch.full((), self.factor(), dtype=torch.float64, device=self._factor.device)
-        if self._factor_float32 is not None and self._factor_float32.dtype != torch.float32:
+        if self._factor_float32 is not None:
             self._factor_float32 = torch.full((1,), self.factor(), dtype=torch.float32,
                                               device=self._factor_float32.device)
         anchor = self._factor if self._factor is not None else self.std
@@ -315,7 +345,7 @@ class GaussianNoise(ScheduledNoise):
             return gaussian_noise(x, self.std, training=False)
         check_float_tensor(x, "x")
         std_value, scale, inner = self.noise_scale(x)
-        return GAUSSIAN_NOISE.call(x, draw_seed(x.device, self.generator), std_value, scale, inner, True)
+        return add_gaussian_noise(x, draw_seed_for(x, self.generator), std_value, scale, inner, True)
 
     def extra_repr(self) -> str:
         return self._std_repr()

@@ -178,6 +178,7 @@ class RobustnessTracker:
         step = check_int(step, "step", 0)
         if self._history and step <= self._history[-1].step:
             raise ValueError(f"step must increase: {step} after {self._history[-1].step}")
+        generator_state = self.generator.get_state()  # before the reseed: a failure restores this
         if self.same_noise:
             self.generator.manual_seed(self.seed)
         data = self.data
@@ -186,7 +187,6 @@ class RobustnessTracker:
         if show:
             total = len(data) if hasattr(data, "__len__") else None
             data = _tqdm()(data, total=total, desc=f"robustness at step {step}", leave=False)
-        generator_state = self.generator.get_state()
         start = time.perf_counter()
         try:
             curve = robustness_curve(model, data, self.stds, self._metric, generator=self.generator,

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .beta import beta_variates
 from ._checks import check_float_tensor
 from ._dtypes import FLOAT_DTYPES
-from .ops.mix_rows import mix_rows_op
+from .ops.mix_rows import KERNELS as MIX_ROWS
 
 __all__ = ["smooth_labels", "mixup", "MixupBatch"]
 
@@ -202,4 +202,4 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, *,
     index = torch.randperm(x.shape[0], generator=generator, device=draw_on)
     lam = lam.to(x.device, non_blocking=True)
     index = index.to(x.device, non_blocking=True)
-    return MixupBatch(mix_rows_op(x, index, lam), y, y[index], lam, index)
+    return MixupBatch(MIX_ROWS.call(x, index, lam), y, y[index], lam, index)

@@ -41,6 +41,10 @@ def test_follows_replaced_data_and_converts_unsupported_pairings():
     weight.data = torch.full((6,), 2.0)  # Module.to does this: the same Parameter, new storage
     update([shadow16, shadow64], [weight, weight], 0.0)
     assert torch.equal(shadow64, torch.full((6,), 2.0, dtype=torch.float64))
+    weight.data = torch.full((6,), 3.0, dtype=torch.float64)  # Module.double(): the plan's conversions change
+    update([shadow16, shadow64], [weight, weight], 0.0)
+    assert torch.equal(shadow16, torch.full((6,), 3.0, dtype=torch.bfloat16))
+    assert torch.equal(shadow64, torch.full((6,), 3.0, dtype=torch.float64))
 
 
 def test_errors_before_any_write():

@@ -130,6 +130,7 @@ def as_if_captured():
             # kernel_for remembers implementation(backend_for(device)): start from an empty memo so
             # that it resolves through the two replacements above.
             stack.enter_context(mock.patch.object(kernels, "_kernels", {}))
+            stack.enter_context(mock.patch.object(kernels, "_in_place", {}))  # run_in_place's memo, likewise
         # Kernels.run_in_place calls the backend itself when no dispatch mode is active, as during a
         # real capture: the fake-tensor and inspection modes below must not send it to the custom op.
         stack.enter_context(mock.patch.object(noisefast._library, "_len_dispatch_stack", return_value=0))

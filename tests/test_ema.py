@@ -360,6 +360,42 @@ def test_ema_follows_the_module_tensors_by_name(how):
     assert torch.equal(net[0].bias.detach(), ema2.averaged()["0.bias"])
 
 
+@pytest.mark.parametrize("how", ["data", "half", "double", "to_empty"])
+def test_ema_follows_storage_swapped_under_the_same_parameter_after_an_update(how):
+    """``param.data = ...`` (what .half(), .double(), .to() and to_empty do) keeps the Parameter
+    object and swaps its storage: an EMA whose plan was built before (an update ran) must average
+    the new storage (before: it kept averaging the old one, silently)."""
+    torch.manual_seed(31)
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    ema = EMA(net, decay=0.0)
+    ema.update()  # builds the plan on the first storage
+    if how == "data":
+        net[0].weight.data = torch.randn(4, 4)
+    elif how == "half":
+        net.half()
+    elif how == "double":
+        net.double()  # float32 shadows cannot average float64 weights: a clear error, nothing written
+        before = ema.averaged()
+        with pytest.raises(TypeError, match=r"0\.weight is torch\.float64 now"):
+            ema.update()
+        assert all(torch.equal(ema.averaged()[k], v) for k, v in before.items())
+        return
+    else:
+        net.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p))
+    ema.update()
+    avg = ema.averaged()
+    for name, p in net.named_parameters():
+        assert torch.equal(avg[name], p.detach().to(avg[name].dtype)), name
+
+
+def test_ema_of_buffers_only_without_include_buffers_names_the_reason():
+    with pytest.raises(ValueError, match="include_buffers"):
+        EMA(nn.BatchNorm1d(3, affine=False), include_buffers=False)
+
+
 def test_ema_follow_rejects_a_replaced_tensor_of_another_shape():
     net = nn.Linear(4, 4)
     ema = EMA(net)

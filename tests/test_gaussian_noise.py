@@ -202,6 +202,34 @@ def test_bad_std_tensor_values_raise_before_writing(bad):
         noisefast.gaussian_noise(torch.zeros(4, 2), bad)
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("std_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_a_zero_dim_cpu_std_read_as_a_number_gives_the_tensor_path_bits(x_dtype, std_dtype):
+    # In eager mode a 0-d CPU std without gradient is read as a number (a shorter path); the result
+    # must be bit for bit what the one-element scale operand gives on every backend.
+    from noisefast.ops.gaussian_noise import KERNELS
+    x = torch.randn(3, 37).to(x_dtype)
+    std = torch.tensor(1.0 / 3.0, dtype=std_dtype)
+    for backend in ("cpu", "reference", "triton"):
+        got = run_on(backend, noisefast.gaussian_noise, x, std, generator=torch.Generator().manual_seed(4))
+        seed = noisefast.random.draw_seed("cpu", torch.Generator().manual_seed(4))
+        with noisefast.use_backend(backend):
+            expected = KERNELS.call(x, seed, 1.0, std.reshape(1), 1, False)
+        assert torch.equal(got, expected), backend
+
+
+def test_a_zero_dim_std_that_requires_grad_still_gets_its_gradient():
+    std = torch.tensor(0.5, requires_grad=True)
+    x = torch.randn(50)
+    out = noisefast.gaussian_noise(x, std, generator=torch.Generator().manual_seed(2))
+    out.sum().backward()
+    z = (out.detach() - x) / 0.5
+    assert std.grad is not None and torch.allclose(std.grad, z.sum(), rtol=1e-5, atol=1e-5)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="std"):
+            noisefast.gaussian_noise(x, torch.tensor(bad))
+
+
 def test_bad_std_shape_and_type():
     with pytest.raises(ValueError, match="std"):
         noisefast.gaussian_noise(torch.zeros(4, 3), torch.ones(4))  # [4] does not broadcast to [4, 3]

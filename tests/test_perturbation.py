@@ -442,8 +442,11 @@ def test_number_arguments_are_not_read_back_from_the_device(monkeypatch):
     add_noise(x, 0.5, alpha=0.9, input_perturbation=0.1)
     assert calls == []
     consistency_pair(x, torch.full((4,), 0.5), 1.0)
-    add_noise(x, torch.full((4,), 0.5))
-    assert calls == ["sigma", "sigma_next", "alpha", "sigma"]
+    add_noise(x, torch.full((4,), 0.5))  # alpha is the number 1.0: only sigma is read
+    assert calls == ["sigma", "sigma_next", "sigma"]
+    calls.clear()
+    add_noise(x, torch.full((4,), 0.5), alpha=torch.full((4,), 0.9))
+    assert calls == ["alpha", "sigma"]
 
 
 @pytest.mark.parametrize("alpha", [float("nan"), float("inf")])

@@ -240,6 +240,38 @@ def test_draw_seed_reproducible_and_fresh():
         draw_seed("cpu", generator=3)
 
 
+def test_draw_seed_in_cpp_draws_what_the_python_draw_draws():
+    # The C++ draw of the eager CPU path (noisefast._C.draw_cpu_seed) must give exactly the seeds of
+    # torch.empty(1, dtype=torch.int64).random_(0, 2**63 - 1): a run seeded with torch.manual_seed
+    # gets the same noise whichever path drew its seeds.
+    from noisefast._library import extension
+    bound = 2 ** 63 - 1
+    torch.manual_seed(7)
+    fast = [draw_seed("cpu").item() for _ in range(200)]
+    torch.manual_seed(7)
+    slow = [torch.empty(1, dtype=torch.int64).random_(0, bound).item() for _ in range(200)]
+    assert fast == slow and len(set(fast)) == 200
+    g = torch.Generator().manual_seed(8)
+    fast = [draw_seed(torch.device("cpu"), g).item() for _ in range(200)]
+    g = torch.Generator().manual_seed(8)
+    slow = [torch.empty(1, dtype=torch.int64).random_(0, bound, generator=g).item() for _ in range(200)]
+    assert fast == slow
+    if extension() is not None:
+        torch.manual_seed(9)
+        drawn = extension().draw_cpu_seed(None)
+        torch.manual_seed(9)
+        assert torch.equal(drawn, torch.empty(1, dtype=torch.int64).random_(0, bound))
+        with pytest.raises(TypeError, match="generator"):
+            extension().draw_cpu_seed(3)
+
+
+def test_draw_seed_under_fake_tensors_is_a_fake_tensor():
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    with FakeTensorMode():
+        seed = draw_seed("cpu")
+    assert isinstance(seed, FakeTensor)
+
+
 def test_opcheck():
     out = torch.empty(11)
     torch.library.opcheck(torch.ops.noisefast.randn_out.default, (out, torch.tensor([4]), 2, 3))

@@ -191,3 +191,23 @@ def test_scheduled_noise_equals_the_op_with_the_float64_factor(dtype, std, cast)
     torch.manual_seed(5)
     expected = KERNELS.call(x, noisefast.random.draw_seed(x.device), std_value, scale, inner, True)
     assert torch.equal(out, expected)
+
+
+def test_to_empty_keeps_the_scheduled_factor():
+    # to_empty keeps dtypes and leaves memory uninitialised: the factors are rebuilt from the schedule
+    # (before: whatever was in the new memory, e.g. 0, silently switched the noise off).
+    layer = noisefast.GaussianNoise(0.1, schedule=S.linear(1.0, 0.0, 100))
+    layer.num_steps = 50
+    layer.to_empty(device="cpu")
+    assert layer._factor.item() == 0.5 and layer._factor_float32.item() == 0.5
+    assert layer.num_steps == 50
+
+
+def test_a_module_built_on_the_meta_device_materialises_with_to_empty():
+    with torch.device("meta"):
+        layer = noisefast.GaussianNoise(0.1, schedule=S.linear(1.0, 0.0, 100))
+    layer.to_empty(device="cpu")  # (before: NotImplementedError, cannot copy out of meta tensor)
+    assert layer._counter.device.type == "cpu" and layer.num_steps == 0
+    layer.step(10)
+    assert layer._factor.item() == pytest.approx(0.9) and layer._counter.tensor.item() == 10
+    assert layer(torch.zeros(4)).shape == (4,)

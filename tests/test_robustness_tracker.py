@@ -289,3 +289,19 @@ def test_bad_data_metric_and_steps():
         tracker.evaluate(nn.Linear(4, 2), 4)
     with pytest.raises(ValueError, match="step"):
         tracker.step(nn.Linear(4, 2), -1)
+
+
+def test_a_failed_evaluation_leaves_the_generator_as_it_was():
+    # same_noise reseeds the generator before evaluating; a failure must restore the state from
+    # before that reseed (before: it stayed reseeded).
+    tracker = RobustnessTracker(problem(), STDS, seed=11, same_noise=True)
+    tracker.generator.manual_seed(1234)
+    torch.randn(3, generator=tracker.generator)
+    before = tracker.generator.get_state()
+
+    def broken(x):
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        tracker.evaluate(broken, 0)
+    assert torch.equal(tracker.generator.get_state(), before) and len(tracker.history) == 0

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/SmallVector.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -118,8 +119,8 @@ inline EmaSpanFn ema_span_fn(EmaPairing pairing) {
 inline void ema_update(const EmaOperands& ops) {
   const int64_t n = ops.num_tensors;
   const int64_t profiles = ops.num_profiles;
-  std::vector<int64_t> starts(n + 1, 0);  // first element of each tensor in the combined range
-  std::vector<EmaSpanFn> fns(n);
+  c10::SmallVector<int64_t, 17> starts(n + 1, 0);  // first element of each tensor in the combined range
+  c10::SmallVector<EmaSpanFn, 16> fns(n);
   for (int64_t i = 0; i < n; ++i) {
     starts[i + 1] = starts[i] + ops.numels[i];
     fns[i] = ema_span_fn(ops.pairings[i]);

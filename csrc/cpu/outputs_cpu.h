@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 
 #include <cstdint>
 
@@ -31,7 +32,9 @@ inline void advise_huge_pages(const at::Tensor& t) {
 
 // A contiguous tensor shaped like `like`, advised as above.
 inline at::Tensor new_output_like(const at::Tensor& like) {
-  at::Tensor out = at::empty_like(like, at::MemoryFormat::Contiguous);
+  // at::detail::empty_cpu is what empty_like reaches on the CPU, without the dispatcher (~0.15 us a call).
+  at::Tensor out = at::detail::empty_cpu(like.sizes(), like.scalar_type(), /*pin_memory=*/false,
+                                         at::MemoryFormat::Contiguous);
   advise_huge_pages(out);
   return out;
 }

@@ -11,6 +11,7 @@
 // The blend is csrc/include/noisefast/ema_update.h.
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -56,7 +57,8 @@ void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef
   const char* decay_name = multi ? "decays" : "decay";
   const char* shadows_name = multi ? "ema_lists" : "ema_tensors";
   int64_t profiles = static_cast<int64_t>(decays.size());
-  std::vector<double> host_decays(decays.begin(), decays.end());
+  // Small vectors: a few tensors cost no heap allocation (a per-call cost that small models notice).
+  c10::SmallVector<double, 4> host_decays(decays.begin(), decays.end());
   at::Tensor device_decay;
   if (decay.has_value()) {
     const at::Tensor& d = *decay;
@@ -89,10 +91,10 @@ void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef
   }
   std::vector<at::Tensor> keep_alive;                          // dense copies of weights
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (user's shadow, its dense copy)
-  std::vector<const void*> xs;
-  std::vector<void*> shadows;
-  std::vector<int64_t> numels;
-  std::vector<EmaPairing> pairings;
+  c10::SmallVector<const void*, 16> xs;
+  c10::SmallVector<void*, 16> shadows;
+  c10::SmallVector<int64_t, 16> numels;
+  c10::SmallVector<EmaPairing, 16> pairings;
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& x = tensors[i];
     TORCH_CHECK_TYPE(is_float_dtype(x.scalar_type()), "tensors[", i,
@@ -124,7 +126,7 @@ void with_ema_operands(at::TensorList emas, at::TensorList tensors, at::ArrayRef
   // A shadow listed twice (or two overlapping views) would be blended twice, and on CUDA by two
   // blocks at once: a race. A shadow that shares elements with a weight (or with the decay tensor
   // the kernel reads) would be read while it is written: results depending on sizes and threads.
-  std::vector<at::Tensor> operands(emas.begin(), emas.end());
+  c10::SmallVector<at::Tensor, 16> operands(emas.begin(), emas.end());
   operands.insert(operands.end(), tensors.begin(), tensors.end());
   if (device_decay.defined()) operands.push_back(device_decay);
   const int64_t written = profiles * n;

@@ -12,6 +12,7 @@
 // rounded up to a multiple of 4 (csrc/include/noisefast/foreach_gaussian_noise.h).
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -43,7 +44,8 @@ void with_operands(at::TensorList tensors, at::ArrayRef<double> stds, const std:
                    std::vector<at::Tensor>* outs, const Run& run) {
   const bool in_place = outs == nullptr;
   const int64_t n = static_cast<int64_t>(tensors.size());
-  std::vector<double> host_stds(stds.begin(), stds.end());
+  // Small vectors: a few tensors cost no heap allocation (a per-call cost that small lists notice).
+  c10::SmallVector<double, 16> host_stds(stds.begin(), stds.end());
   at::Tensor device_std;
   if (std_tensor.has_value()) {
     const at::Tensor& s = *std_tensor;
@@ -83,7 +85,7 @@ void with_operands(at::TensorList tensors, at::ArrayRef<double> stds, const std:
   if (in_place) {
     for (int64_t i = 0; i < n; ++i) check_not_inference(tensors[i], [i] { return "tensors[" + std::to_string(i) + "]"; });
     // The std tensor on the device is read by the kernel while the tensors are written.
-    std::vector<at::Tensor> operands(tensors.begin(), tensors.end());
+    c10::SmallVector<at::Tensor, 16> operands(tensors.begin(), tensors.end());
     if (device_std.defined()) operands.push_back(device_std);
     check_no_shared_elements(
         operands, n, [n](int64_t i) { return i < n ? "tensors[" + std::to_string(i) + "]" : std::string("std"); },
@@ -95,12 +97,12 @@ void with_operands(at::TensorList tensors, at::ArrayRef<double> stds, const std:
   // Everything is checked: from here on nothing raises for a reason the user controls.
   std::vector<at::Tensor> keep_alive;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (user's tensor, its contiguous copy)
-  std::vector<const void*> src;
-  std::vector<void*> dst;
-  std::vector<int64_t> numels;
-  std::vector<uint8_t> dtypes;
-  std::vector<uint64_t> bases;
-  std::vector<double> kept_stds;
+  c10::SmallVector<const void*, 16> src;
+  c10::SmallVector<void*, 16> dst;
+  c10::SmallVector<int64_t, 16> numels;
+  c10::SmallVector<uint8_t, 16> dtypes;
+  c10::SmallVector<uint64_t, 16> bases;
+  c10::SmallVector<double, 16> kept_stds;
   if (!in_place) outs->clear();
   uint64_t base = 0;
   for (int64_t i = 0; i < n; ++i) {

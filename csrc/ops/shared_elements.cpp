@@ -4,6 +4,7 @@
 #include "shared_elements.h"
 
 #include <ATen/MemoryOverlap.h>
+#include <c10/util/SmallVector.h>
 
 #include <algorithm>
 #include <utility>
@@ -48,7 +49,7 @@ bool elements_intersect(const at::Tensor& a, const at::Tensor& b) {
 void check_no_shared_elements(at::TensorList tensors, int64_t num_written,
                               const std::function<std::string(int64_t)>& name_of,
                               const std::function<std::string(int64_t, int64_t)>& consequence) {
-  std::vector<std::pair<std::pair<uintptr_t, uintptr_t>, int64_t>> spans;
+  c10::SmallVector<std::pair<std::pair<uintptr_t, uintptr_t>, int64_t>, 16> spans;
   for (int64_t i = 0; i < static_cast<int64_t>(tensors.size()); ++i) {
     if (tensors[i].numel() > 0) spans.push_back({footprint(tensors[i]), i});
   }

@@ -79,11 +79,14 @@ class PairedUpdate:
                              "was built from, in order")
         decay = check_decay_number(decay, "decay")
         frozen = self._frozen(sources)
+        # dtype and device too: ``param.data = ...`` (.half(), .to(), .double()) keeps the tensor object
+        # and changes what the plan decided (conversions, device groups).
+        layout = [(t.dtype, t.device) for t in shadows] + [(t.dtype, t.device) for t in sources]
         key = self._key
-        if (key is None or frozen != key[2] or len(shadows) != len(key[0])
+        if (key is None or frozen != key[2] or layout != key[3] or len(shadows) != len(key[0])
                 or not all(map(operator.is_, shadows, key[0])) or not all(map(operator.is_, sources, key[1]))):
             self._plan = self._make_plan(shadows, sources, frozen)
-            self._key = (list(shadows), list(sources), frozen)
+            self._key = (list(shadows), list(sources), frozen, layout)
         groups, copies = self._plan
         for device, (group_shadows, group_sources, conversions) in groups:
             if conversions:

@@ -149,8 +149,9 @@ def consistency_output(raw: torch.Tensor, x: torch.Tensor, sigma: Union[float, t
 
     Raises:
         TypeError: raw/x/sigma of a wrong type. ValueError: shapes or devices that do not match,
-        sigma negative or non-finite (a tensor sigma is checked on the host, except during CUDA
-        graph capture), sigma_data <= 0, sigma_min < 0.
+        sigma negative or non-finite (a CPU tensor's values are read on the host; a CUDA tensor's,
+        and any under torch.compile, are checked on the device by torch._assert_async: an error at
+        the next synchronisation, a device-side assertion on CUDA), sigma_data <= 0, sigma_min < 0.
     """
     check_float_tensor(raw, "raw")
     check_float_tensor(x, "x")
@@ -181,8 +182,8 @@ def consistency_scalings(sigma: Union[float, torch.Tensor], sigma_data: float = 
 
     Raises:
         TypeError: sigma not a number or a float tensor. ValueError: sigma negative or non-finite
-        (as :func:`consistency_output`; a tensor sigma is read on the host, except under
-        torch.compile and during CUDA-graph capture), sigma_data <= 0, sigma_min < 0.
+        (as :func:`consistency_output`: a CPU tensor is read on the host, a CUDA tensor checked on
+        the device), sigma_data <= 0, sigma_min < 0.
     """
     sigma_data = check_real(sigma_data, "sigma_data", positive=True)
     sigma_min = check_real(sigma_min, "sigma_min", nonnegative=True)

@@ -199,7 +199,7 @@ def foreach_gaussian_noise(tensors: Union[torch.Tensor, Sequence[torch.Tensor]],
     stds, std_tensor = std_arguments(std, len(ts), _device(ts))
     if not ts:
         return []
-    return foreach_gaussian_noise_op(ts, draw_seed(ts[0].device, generator), stds, std_tensor)
+    return KERNELS.call(ts, draw_seed(ts[0].device, generator), stds, std_tensor)
 
 
 # ---- deprecated name ------------------------------------------------------------------------------

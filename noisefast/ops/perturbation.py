@@ -33,9 +33,9 @@ import torch
 from .._checks import (check_finite_values, check_float_tensor, check_nonnegative_number, check_nonnegative_values,
                        check_num_levels, check_values)
 from .._dtypes import math_dtype
-from .._library import Kernels
-from .._scalars import scalar_on
-from ..random import draw_seed
+from .._library import Kernels, plain_tensor, runs_eagerly
+from .._scalars import constant_vector, scalar_on
+from ..random import draw_seed_for
 
 Scalar = Union[float, torch.Tensor]
 
@@ -164,8 +164,7 @@ def _add_noise_backward(ctx, grad_noisy, grad_target):
         return None, None, None, None, None, None, None, None, None, None
     g = grad_noisy.reshape(-1).to(acc) if ctx.needs_input_grad[0] or ctx.needs_input_grad[2] else None
     if ctx.needs_input_grad[0]:
-        per_element = g if ctx.numel == 0 else (g.reshape(count, -1) * alpha.view(count, 1)).reshape(-1)
-        grad_x = per_element.to(ctx.x_dtype).view(ctx.x_shape)
+        grad_x = _add_noise_input_gradient(g, alpha, ctx.numel, ctx.x_shape, ctx.x_dtype)
     if ctx.needs_input_grad[2]:
         grad_alpha = _sum_per_sample(g * x.reshape(-1).to(acc), count, ctx.numel, acc)
     if ctx.needs_input_grad[3]:
@@ -177,6 +176,64 @@ def _add_noise_backward(ctx, grad_noisy, grad_target):
 
 
 ADD_NOISE_KERNELS.register_autograd(_add_noise_backward, setup_context=_add_noise_setup_context)
+
+
+def _add_noise_input_gradient(g: torch.Tensor, alpha: torch.Tensor, numel: int, x_shape: torch.Size,
+                              x_dtype: torch.dtype) -> torch.Tensor:
+    """d x_noisy / d x applied to ``g`` (flat, in alpha's math dtype): alpha of each sample times g."""
+    count = alpha.numel()
+    per_element = g if numel == 0 else (g.reshape(count, -1) * alpha.view(count, 1)).reshape(-1)
+    return per_element.to(x_dtype).view(x_shape)
+
+
+# ---- lighter autograd for the common case: x alone needs a gradient ----------------------------------
+#
+# In eager mode, when x requires grad and the per-sample tensors do not (levels drawn by a schedule),
+# backward needs no noise: the identity for each consistency-pair output, alpha for add_noise. These
+# Functions run the ops' implementations with that gradient alone; the general autograd
+# (setup_context, several saved tensors, the sigma gradients) costs ~2 us more per call, which small
+# tensors notice (benchmarks/bench_overhead.py). Same kernels, same results.
+
+_is_grad_enabled = torch.is_grad_enabled
+
+
+def _x_alone_needs_grad(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Eager mode, grad mode, plain CPU/CUDA tensors, x requires grad and neither a nor b does.
+    (Written out for speed: generator expressions would cost ~0.5 us here.)"""
+    return (runs_eagerly() and x.requires_grad and not a.requires_grad and not b.requires_grad and _is_grad_enabled()
+            and plain_tensor(x) and plain_tensor(a) and plain_tensor(b))
+
+
+# apply(x, the other arguments as one tuple): each argument of apply costs; none of the others
+# needs a gradient here.
+
+class _PairWithIdentityGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, arguments):
+        ctx.set_materialize_grads(False)
+        return PAIR_KERNELS.implementation_function()(x, *arguments)
+
+    @staticmethod
+    def backward(ctx, grad_cur, grad_next):
+        grads = [g for g in (grad_cur, grad_next) if g is not None]
+        return (grads[0] + grads[1] if len(grads) == 2 else grads[0]) if grads else None, None
+
+
+class _AddNoiseWithInputGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, arguments):
+        ctx.set_materialize_grads(False)
+        ctx.x_shape, ctx.x_dtype, ctx.numel = x.shape, x.dtype, x.numel()
+        ctx.save_for_backward(arguments[1])  # alpha
+        return ADD_NOISE_KERNELS.implementation_function()(x, *arguments)
+
+    @staticmethod
+    def backward(ctx, grad_noisy, grad_target):
+        if grad_noisy is None:
+            return None, None
+        (alpha,) = ctx.saved_tensors
+        g = grad_noisy.reshape(-1).to(alpha.dtype)
+        return _add_noise_input_gradient(g, alpha, ctx.numel, ctx.x_shape, ctx.x_dtype), None
 
 
 # ---- public functions ----------------------------------------------------------------------------
@@ -191,17 +248,21 @@ def per_sample_arguments(x: torch.Tensor, values: Dict[str, Scalar], *,
     argument; numbers are range-checked here, tensor values inside the op.
     """
     batch = x.shape[0] if x.dim() > 0 else None
+    device = x.device  # (each .device builds a torch.device: read once)
     per_sample = False
     for name, value in values.items():
         if isinstance(value, torch.Tensor):
             if not value.is_floating_point():
                 raise TypeError(f"{name} must be a float tensor or a number, got a {value.dtype} tensor")
-            if value.device != x.device and not (value.dim() == 0 and value.device.type == "cpu"):
-                raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
-            if value.dim() == 0:
+            dim = value.dim()
+            if dim == 0:
+                if value.device != device and not value.is_cpu:
+                    raise ValueError(f"{name} is on {value.device} but x is on {device}")
                 continue
-            if (batch is None or value.dim() > x.dim() or value.shape[0] != batch
-                    or any(s != 1 for s in value.shape[1:])):
+            if value.device != device:
+                raise ValueError(f"{name} is on {value.device} but x is on {device}")
+            if (batch is None or dim > x.dim() or value.shape[0] != batch
+                    or (dim > 1 and any(s != 1 for s in value.shape[1:]))):
                 raise ValueError(f"{name} must be a number or a tensor of shape [B] (one value per sample; "
                                  f"x has shape {tuple(x.shape)}), got shape {tuple(value.shape)}")
             per_sample = True
@@ -212,17 +273,17 @@ def per_sample_arguments(x: torch.Tensor, values: Dict[str, Scalar], *,
     acc = math_dtype(x.dtype)
     count = batch if per_sample else 1
     tensors = []
-    for name, value in values.items():
+    for value in values.values():
         if isinstance(value, torch.Tensor):
-            if value.dim() == 0 and value.device != x.device:
-                t = scalar_on(value, x.device, acc)  # no host-to-device copy
+            if value.dim() == 0 and value.is_cpu and not x.is_cpu:
+                t = scalar_on(value, device, acc)  # no host-to-device copy
             else:  # (each skipped call saves ~2 us on small tensors)
-                t = value if value.dtype == acc and value.device == x.device else value.to(device=x.device, dtype=acc)
+                t = value if value.dtype == acc else value.to(dtype=acc)
                 if t.dim() != 1:
                     t = t.reshape(-1)
-            tensors.append(t.expand(count) if t.numel() == 1 and count != 1 else t)
+            tensors.append(t.expand(count) if count != 1 and t.numel() == 1 else t)
         else:
-            tensors.append(torch.full((count,), float(value), dtype=acc, device=x.device))
+            tensors.append(constant_vector(float(value), count, acc, device))
     numel = x.numel()
     inner = max(numel // count, 1) if count else 1
     return tensors, inner
@@ -254,8 +315,11 @@ def consistency_pair(x: torch.Tensor, sigma: Scalar, sigma_next: Scalar, *,
     check_float_tensor(x, "x")
     (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next},
                                                   nonnegative=("sigma", "sigma_next"))
-    checked = not any(isinstance(v, torch.Tensor) for v in (sigma, sigma_next))
-    return PAIR_KERNELS.call(x, draw_seed(x.device, generator), sig, sig_next, inner, 0, checked)
+    checked = not (isinstance(sigma, torch.Tensor) or isinstance(sigma_next, torch.Tensor))
+    seed = draw_seed_for(x, generator)
+    if _x_alone_needs_grad(x, sig, sig_next):
+        return _PairWithIdentityGradient.apply(x, (seed, sig, sig_next, inner, 0, checked))
+    return PAIR_KERNELS.call(x, seed, sig, sig_next, inner, 0, checked)
 
 
 def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_perturbation: float = 0.0,
@@ -293,11 +357,23 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
     channel_inner = 1
     if offset_scale != 0.0 and x.shape[0] * x.shape[1] > 0:
         channel_inner = max(x.numel() // (x.shape[0] * x.shape[1]), 1)
-    if not isinstance(alpha, torch.Tensor) and not math.isfinite(float(alpha)):
+    alpha_given, sigma_given = isinstance(alpha, torch.Tensor), isinstance(sigma, torch.Tensor)
+    if not alpha_given and not math.isfinite(float(alpha)):
         raise ValueError(f"alpha must be finite, got {float(alpha)}")
-    checked = not any(isinstance(v, torch.Tensor) for v in (alpha, sigma))
-    return ADD_NOISE_KERNELS.call(x, draw_seed(x.device, generator), alpha_t, sigma_t, gamma, offset_scale,
-                        sample_inner, channel_inner, 0, checked)
+    checked = not (alpha_given or sigma_given)
+    if not checked and runs_eagerly() and x.is_cpu and plain_tensor(x) and plain_tensor(alpha_t) and plain_tensor(sigma_t):
+        # Plain CPU tensors in eager mode: the tensors given are checked here, on the host, and the
+        # op is told so; it would otherwise also read the vectors made from numbers (checked already).
+        if alpha_given:
+            check_finite_values(alpha_t, "alpha")
+        if sigma_given:
+            check_nonnegative_values(sigma_t, "sigma")
+        checked = True
+    arguments = (draw_seed_for(x, generator), alpha_t, sigma_t, gamma, offset_scale, sample_inner, channel_inner,
+                 0, checked)
+    if _x_alone_needs_grad(x, alpha_t, sigma_t):
+        return _AddNoiseWithInputGradient.apply(x, arguments)
+    return ADD_NOISE_KERNELS.call(x, *arguments)
 
 
 # ---- noisefast::sampled_consistency_pair ---------------------------------------------------------
@@ -438,5 +514,5 @@ def sampled_consistency_pair(x: torch.Tensor, sigmas: torch.Tensor, cdf: torch.T
     if num_levels is not None:
         # Entries from n - 2 on read as 1: the kernels' clamp to the last interval, at n.
         cdf = torch.where(torch.arange(cdf.numel(), device=cdf.device) >= n - 2, 1.0, cdf)
-    seed = draw_seed(x.device, generator)
+    seed = draw_seed_for(x, generator)
     return SampledPair(*sampled_consistency_pair_op(x, seed, sigmas.to(torch.float64), cdf, 0))

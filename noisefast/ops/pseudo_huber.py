@@ -129,9 +129,10 @@ def pseudo_huber_loss(input: torch.Tensor, target: torch.Tensor, *, c: Optional[
             Dhariwal 2023; 0.02993 for 3x32x32). c = 0 gives the L2 norm (per sample) or the
             mean absolute error (per element), with gradient 0 where the difference is 0.
         weight: optional per-sample weights, shape [B] (or [B, 1, ..., 1]), finite and >= 0, e.g.
-            iCT's 1 / (sigma_{i+1} - sigma_i); it receives a gradient when it requires one. Its
-            values are read on the host (a synchronisation on CUDA), except under torch.compile and
-            during CUDA-graph capture.
+            iCT's 1 / (sigma_{i+1} - sigma_i); it receives a gradient when it requires one. A CPU
+            tensor's values are read on the host (ValueError); a CUDA tensor's, and any under
+            torch.compile, are checked on the device by torch._assert_async, without a
+            synchronisation (an error at the next synchronisation).
         reduction: "mean" (sum_b weight_b d_b / B), "sum", or "none" (the [B] vector).
         per_sample: which form (above).
 
