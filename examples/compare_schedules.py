@@ -1,7 +1,7 @@
 """The comparison of "High Noise Scheduling is a Must" (Gokmen et al. 2024) at the scale of 8x8 digits: a
 factorial sweep with paired seeds, cached per run.
 
-    python examples/compare_schedules.py --jobs 2                  # 5 cells x 8 seeds x 4000 steps
+    python examples/compare_schedules.py --jobs 2                  # 5 cells x 10 seeds x 4000 steps
     python examples/comparison_report.py                          # statistics, figures, docs/comparison.md
     python examples/compare_schedules.py --device cuda --width 64 --batch 256 --out runs/comparison-gpu
 
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=4000, help="training steps of every run")
     p.add_argument("--batch", type=int, default=d["batch"], help="batch size of every run")
     p.add_argument("--width", type=int, default=16, help="UNet channels at 8x8 (multiple of 8)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="seeds (one run per cell each)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="seeds (one run per cell each)")
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS), help="which cells to run")
     p.add_argument("--eval-every", dest="eval_every", type=int, default=500,
                    help="evaluate the EMA model every this many steps (and at the last step)")

@@ -15,7 +15,7 @@ Statistics: per cell the median and interquartile range (25th-75th percentile, l
 over seeds; per contrast the paired differences (cell A minus cell B, seed by seed) with their median
 and a percentile-bootstrap 95 % confidence interval of that median (10,000 resamples of the seeds,
 numpy seed 0), the number of seeds where A is better, and the geometric mean of the ratios A / B with
-its bootstrap interval. With 8 seeds the bootstrap intervals are rough (the median of 8 values can
+its bootstrap interval. With 10 seeds the bootstrap intervals are rough (the median of 10 values can
 take few distinct values); read them as the size of the uncertainty, not as exact coverage.
 """
 from __future__ import annotations

@@ -20,11 +20,11 @@ perturbation (``ConsistencyNoise``), the parameterisation (``consistency_output`
 (``pseudo_huber_loss``) and the EMA (``EMA``).
 
 The default schedule is Gokmen et al.'s: polynomial levels (curve 4) taken from one predefined
-Karras vector, with the sinusoidal curriculum. In the paired-seed sweep of docs/comparison.md (8
+Karras vector, with the sinusoidal curriculum. In the paired-seed sweep of docs/comparison.md (10
 seeds, 4000 steps, a width-16 model) polynomial levels with the sinusoidal curriculum were the only
 cells with no failed seed; iCT's own log-normal levels with the exponential curriculum
-(--distribution lognormal --curriculum ict --no-predefined-levels) failed on about half of the seeds,
-and the predefined levels were slightly worse than levels rebuilt for each N (--no-predefined-levels).
+(--distribution lognormal --curriculum ict --no-predefined-levels) ended far worse on 6 of 10 seeds,
+and predefined levels made no clear difference against levels rebuilt for each N (--no-predefined-levels).
 
 Outputs under <out>/<name>/ (default runs/digits/):
   samples.png      1-step and 2-step samples of the EMA model (2-step: back to sigma = 0.821)

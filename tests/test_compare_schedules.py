@@ -85,7 +85,7 @@ def test_cells_differ_only_in_their_own_fields_and_order_is_seed_major():
     a, b = (compare_schedules.run_config(args, c, 3)["train"]
             for c in ("polynomial-sinusoidal", "polynomial-sinusoidal-predefined"))
     assert {k for k in a if a[k] != b[k]} == {"predefined_levels"}
-    assert args.steps >= 4000 and len(args.seeds) == 2 and compare_schedules.parse_args([]).seeds == list(range(8))
+    assert args.steps >= 4000 and len(args.seeds) == 2 and compare_schedules.parse_args([]).seeds == list(range(10))
     # Paired: one seed gives every cell the same initial weights and the same data order.
     data = digits.load_digits_split()
     small = compare_schedules.parse_args(["--width", "8", "--batch", "8"])
