@@ -20,10 +20,11 @@ perturbation (``ConsistencyNoise``), the parameterisation (``consistency_output`
 (``pseudo_huber_loss``) and the EMA (``EMA``).
 
 The default schedule is Gokmen et al.'s: polynomial levels (curve 4) taken from one predefined
-Karras vector, with the sinusoidal curriculum. It was the most reliable of the three schedules of
-docs/comparison.md at this length (2000 steps); iCT's own log-normal levels with the exponential
-curriculum (--distribution lognormal --curriculum ict --no-predefined-levels) reach N = 1281 for
-the last 250 steps, and 2 of 3 seeds gave much worse 1-step samples there.
+Karras vector, with the sinusoidal curriculum. In the paired-seed sweep of docs/comparison.md (10
+seeds, 4000 steps, a width-16 model) polynomial levels with the sinusoidal curriculum were the only
+cells with no failed seed; iCT's own log-normal levels with the exponential curriculum
+(--distribution lognormal --curriculum ict --no-predefined-levels) ended far worse on 6 of 10 seeds,
+and predefined levels made no clear difference against levels rebuilt for each N (--no-predefined-levels).
 
 Outputs under <out>/<name>/ (default runs/digits/):
   samples.png      1-step and 2-step samples of the EMA model (2-step: back to sigma = 0.821)
@@ -246,6 +247,10 @@ class Run:
         self.history = []           # one entry per logging window
         self.window = []            # losses of the current logging window
         self.train_seconds = 0.0
+        # Set to True to keep the last step's per-sample levels and losses in self.last_per_sample
+        # (examples/compare_schedules.py bins them by noise level); off by default (one more pass).
+        self.keep_per_sample = False
+        self.last_per_sample = None
 
     def lr_at(self, step: int) -> float:
         warmup = self.cfg["warmup"]
@@ -261,6 +266,14 @@ class Run:
         with torch.no_grad():
             target = self.model(batch.x_cur, batch.sigma)
         loss = noisefast.pseudo_huber_loss(student, target, weight=batch.weight)
+        if self.keep_per_sample:
+            # [B] each: sigma_{i+1} (the student's level), the unweighted pseudo-Huber distance d_b,
+            # and the weight lambda_b = 1 / (sigma_{i+1} - sigma_i); the loss is mean(weight * distance).
+            with torch.no_grad():
+                self.last_per_sample = {
+                    "sigma_next": batch.sigma_next,
+                    "distance": noisefast.pseudo_huber_loss(student.detach(), target, reduction="none"),
+                    "weight": batch.weight}
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
