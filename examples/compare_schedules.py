@@ -1,286 +1,331 @@
-"""The comparison of "High Noise Scheduling is a Must" (Gokmen et al. 2024) at the scale of 8x8 digits.
+"""The comparison of "High Noise Scheduling is a Must" (Gokmen et al. 2024) at the scale of 8x8 digits: a
+factorial sweep with paired seeds, cached per run.
 
-    python examples/compare_schedules.py                      # 3 schedules x 3 seeds, default steps
-    python examples/compare_schedules.py --steps 1000 --seeds 0 1 --output docs/comparison.md
+    python examples/compare_schedules.py --jobs 2                  # 5 cells x 10 seeds x 4000 steps
+    python examples/comparison_report.py                          # statistics, figures, docs/comparison.md
+    python examples/compare_schedules.py --device cuda --width 64 --batch 256 --out runs/comparison-gpu
 
-Trains examples/train_consistency.py once per schedule and seed, with the same steps, batch, model
-and everything else:
+Five cells, everything else identical (printed by --help and stored in every run's JSON):
 
-  lognormal + ict          iCT's discrete log-normal levels with iCT's exponential curriculum (baseline)
-  polynomial + constant    Gokmen et al.'s polynomial levels (curve 4) with a constant N
-  polynomial + sinusoidal  polynomial levels (curve 4) with the sinusoidal curriculum
+  lognormal-ict                     iCT's discrete log-normal levels, iCT's exponential curriculum
+  lognormal-sinusoidal              log-normal levels, Gokmen et al.'s sinusoidal curriculum
+  polynomial-ict                    Gokmen et al.'s polynomial levels (curve 4), iCT's curriculum
+  polynomial-sinusoidal             polynomial levels, sinusoidal curriculum
+  polynomial-sinusoidal-predefined  the same with every N's levels taken from one predefined Karras
+                                    vector (Gokmen et al.'s "predefined Karras noises", our reading)
 
-The polynomial rows take their levels from one predefined Karras vector (Gokmen et al.'s
-"predefined Karras noises", our reading; see noisefast.KarrasLevels), as the paper pairs them.
+The first four are the 2 x 2 factorial distribution x curriculum (levels rebuilt for each N, as iCT
+does); the fifth changes only ``predefined_levels``. Each run trains examples/train_consistency.py's
+``Run`` (noisefast's ConsistencyNoise, pseudo_huber_loss and EMA) for --steps steps. Seed k gives every
+cell the same initial weights, the same data order, the same noise generator seed and the same
+sampling noise (train_consistency.derived_seeds): the cells are paired by seed.
 
-and writes a markdown table of the mean and spread (sample standard deviation over seeds) of the
-metrics, the per-seed values, and the command that reproduces it. The Frechet distance is measured
-in the feature space of a small digits classifier: it is NOT FID. Whatever the numbers say is what
-the file says; nothing is tuned per schedule.
+Every --eval-every steps the EMA model's 1-step and 2-step samples are scored (--eval-samples
+samples; the last point --final-samples): the Frechet distance and the unbiased kernel distance (the
+KID recipe) in the feature space of a small digits classifier (NOT FID, NOT KID: not comparable with
+published values), with held-out real digits as the floor. Every step's samples are binned by their
+noise level sigma_{i+1} (--bins log-spaced bins over [sigma_min, sigma_max]): count, unweighted
+pseudo-Huber distance and weighted loss per bin and per --eval-every window (the mechanism).
 
-Runs go to <out>/compare-<schedule>-seed<k>/ (--jobs N trains N at a time); --reuse skips runs whose finished metrics.json has the
-same configuration (to continue an interrupted comparison).
+One JSON per run, <out>/<cell>/seed<k>.json, written when the run ends: its configuration, the loss
+every 50 steps, the evaluations, the per-bin statistics, timings. A run whose JSON exists with the same
+configuration is skipped, so an interrupted sweep resumes. Runs go seed-major (seed 0 of every cell,
+then seed 1, ...), so a partial sweep stays paired and balanced. --jobs N trains N runs at a time in
+worker processes of --threads threads each.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
-import os
 import json
+import math
+import multiprocessing
+import os
 import platform
-import shlex
-import statistics
-import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import digits  # noqa: E402
 import train_consistency  # noqa: E402
 
-SCHEDULES = {
-    "lognormal-ict": {"distribution": "lognormal", "curriculum": "ict", "predefined_levels": False,
-                      "label": "log-normal + iCT curriculum (baseline)"},
-    "polynomial-constant": {"distribution": "polynomial", "curriculum": "constant", "predefined_levels": True,
-                            "label": "polynomial (curve 4) + constant N"},
-    "polynomial-sinusoidal": {"distribution": "polynomial", "curriculum": "sinusoidal", "predefined_levels": True,
-                              "label": "polynomial (curve 4) + sinusoidal curriculum"},
-}
+import noisefast  # noqa: E402
 
-# (metrics.json path, column title, format)
-COLUMNS = (
-    (("one_step", "frechet_distance"), "Frechet dist. 1-step", "{:.2f}"),
-    (("two_step", "frechet_distance"), "Frechet dist. 2-step", "{:.2f}"),
-    (("one_step", "classes_covered"), "classes 1-step", "{:.1f}"),
-    (("one_step", "nn_ratio"), "NN ratio 1-step", "{:.3f}"),
-    (("two_step", "nn_ratio"), "NN ratio 2-step", "{:.3f}"),
-    (("final_loss",), "final loss", "{:.3g}"),
-    (("train_seconds",), "train s", "{:.0f}"),
-)
+CELLS = {
+    "lognormal-ict": {"distribution": "lognormal", "curriculum": "ict", "predefined_levels": False,
+                      "label": "log-normal + iCT"},
+    "lognormal-sinusoidal": {"distribution": "lognormal", "curriculum": "sinusoidal", "predefined_levels": False,
+                             "label": "log-normal + sinusoidal"},
+    "polynomial-ict": {"distribution": "polynomial", "curriculum": "ict", "predefined_levels": False,
+                       "label": "polynomial + iCT"},
+    "polynomial-sinusoidal": {"distribution": "polynomial", "curriculum": "sinusoidal", "predefined_levels": False,
+                              "label": "polynomial + sinusoidal"},
+    "polynomial-sinusoidal-predefined": {"distribution": "polynomial", "curriculum": "sinusoidal",
+                                         "predefined_levels": True,
+                                         "label": "polynomial + sinusoidal, predefined levels"},
+}
+RUN_FORMAT = "noisefast-schedule-sweep/1"
+LOSS_EVERY = 50
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = train_consistency.DEFAULTS
     p = argparse.ArgumentParser(prog="compare_schedules.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=d["steps"], help="training steps of every run")
+    p.add_argument("--steps", type=int, default=4000, help="training steps of every run")
     p.add_argument("--batch", type=int, default=d["batch"], help="batch size of every run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (one run each per schedule)")
-    p.add_argument("--constant-n", dest="constant_n", type=int, default=d["constant_n"],
-                   help="N of the constant-N schedule")
-    p.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES),
-                   help="which schedules to run")
+    p.add_argument("--width", type=int, default=16, help="UNet channels at 8x8 (multiple of 8)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="seeds (one run per cell each)")
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS), help="which cells to run")
+    p.add_argument("--eval-every", dest="eval_every", type=int, default=500,
+                   help="evaluate the EMA model every this many steps (and at the last step)")
+    p.add_argument("--eval-samples", dest="eval_samples", type=int, default=1080,
+                   help="samples per intermediate evaluation (a multiple of the 360 test images)")
+    p.add_argument("--final-samples", dest="final_samples", type=int, default=3600,
+                   help="samples of the evaluation at the last step (a multiple of 360)")
+    p.add_argument("--bins", type=int, default=16, help="log-spaced noise-level bins of the mechanism statistics")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs", help="directory of the runs")
-    p.add_argument("--output", default="docs/comparison.md", help="the markdown file to write")
-    p.add_argument("--eval-samples", dest="eval_samples", type=int, default=1080)
-    p.add_argument("--reuse", action="store_true",
-                   help="reuse finished runs with the same configuration instead of training again")
+    p.add_argument("--out", default="runs/comparison", help="directory of the run JSONs")
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs at a time: 1 trains them one after another in this process; more "
-                        "starts that many subprocesses, each with cpu_count/jobs threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="runs at a time: 1 trains them one after another in this process; more starts "
+                        "that many worker processes")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
 
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    n_test = digits.N_TEST
     if args.steps <= 0:
         parser.error(f"--steps must be > 0, got {args.steps}")
-    if args.batch < 2:
-        parser.error(f"--batch must be >= 2, got {args.batch}")
+    if not 2 <= args.batch <= digits.N_TRAIN:
+        parser.error(f"--batch must be between 2 and {digits.N_TRAIN}, got {args.batch}")
+    if args.width <= 0 or args.width % 8:
+        parser.error(f"--width must be a positive multiple of 8, got {args.width}")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
+    if len(set(args.cells)) != len(args.cells):
+        parser.error(f"--cells must be distinct, got {args.cells}")
+    if not 1 <= args.eval_every <= args.steps:
+        parser.error(f"--eval-every must be between 1 and --steps ({args.steps}), got {args.eval_every}")
+    for name in ("eval_samples", "final_samples"):
+        value = getattr(args, name)
+        if value < n_test or value % n_test:
+            parser.error(f"--{name.replace('_', '-')} must be a positive multiple of {n_test} (the test-set "
+                         f"size), got {value}")
+    if args.bins < 1:
+        parser.error(f"--bins must be >= 1, got {args.bins}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    if args.constant_n < 2:
-        parser.error(f"--constant-n must be >= 2, got {args.constant_n}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: unknown device {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
     return args
 
 
-def reproduce_command(args) -> str:
-    parts = ["python", "examples/compare_schedules.py", "--steps", str(args.steps), "--batch", str(args.batch),
-             "--seeds", *map(str, args.seeds), "--constant-n", str(args.constant_n)]
-    if args.schedules != list(SCHEDULES):
-        parts += ["--schedules", *args.schedules]
-    if args.device != "cpu":
-        parts += ["--device", args.device]
-    if args.eval_samples != 1080:
-        parts += ["--eval-samples", str(args.eval_samples)]
-    if args.jobs != 1:
-        parts += ["--jobs", str(args.jobs)]
-    parts += ["--output", args.output]
-    return shlex.join(parts)
+def run_config(args, cell: str, seed: int) -> dict:
+    """Everything that defines one run (the cache key): the training configuration and the evaluation."""
+    c = CELLS[cell]
+    train_cfg = {**train_consistency.DEFAULTS, "steps": args.steps, "batch": args.batch, "width": args.width,
+                 "seed": seed, "distribution": c["distribution"], "curriculum": c["curriculum"],
+                 "predefined_levels": c["predefined_levels"]}
+    return {"cell": cell, "train": train_cfg, "eval_every": args.eval_every, "eval_samples": args.eval_samples,
+            "final_samples": args.final_samples, "bins": args.bins, "device": args.device,
+            "sigma_min": digits.SIGMA_MIN, "sigma_max": digits.SIGMA_MAX, "sigma_mid": digits.SIGMA_MID,
+            "classifier_version": digits.CLASSIFIER_VERSION}
 
 
-def run_argv(args, key: str, seed: int) -> list:
-    s = SCHEDULES[key]
-    argv = ["--steps", str(args.steps), "--batch", str(args.batch), "--seed", str(seed),
-            "--distribution", s["distribution"], "--curriculum", s["curriculum"],
-            "--constant-n", str(args.constant_n), "--device", args.device, "--out", args.out,
-            "--name", f"compare-{key}-seed{seed}", "--eval-samples", str(args.eval_samples),
-            "--predefined-levels" if s["predefined_levels"] else "--no-predefined-levels"]
-    return argv + (["--quiet"] if args.quiet else [])
+def run_path(out, cell: str, seed: int) -> Path:
+    return Path(out) / cell / f"seed{seed}.json"
 
 
-def _reusable(path: Path, args, key: str, seed: int) -> bool:
+def is_done(path: Path, config: dict) -> bool:
+    """True when ``path`` holds a finished run of exactly ``config``."""
     if not path.exists():
         return False
-    metrics = json.loads(path.read_text())
-    cfg = metrics.get("config", {})
-    want = {"steps": args.steps, "batch": args.batch, "seed": seed, "constant_n": args.constant_n,
-            "distribution": SCHEDULES[key]["distribution"], "curriculum": SCHEDULES[key]["curriculum"],
-            "predefined_levels": SCHEDULES[key]["predefined_levels"]}
-    return metrics.get("finished") and "one_step" in metrics and all(cfg.get(k) == v for k, v in want.items())
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    return saved.get("format") == RUN_FORMAT and saved.get("config") == json.loads(json.dumps(config))
 
 
-def _get(metrics: dict, path: tuple):
-    for part in path:
-        metrics = metrics[part]
-    return float(metrics)
+def bin_edges(bins: int) -> np.ndarray:
+    """``bins + 1`` log-spaced edges from sigma_min to sigma_max."""
+    return np.geomspace(digits.SIGMA_MIN, digits.SIGMA_MAX, bins + 1)
 
 
-def _mean_spread(values, fmt: str) -> str:
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+def score(run: train_consistency.Run, classifier, data, reference, train_features: np.ndarray,
+          n_samples: int) -> dict:
+    """The EMA model's 1-step and 2-step samples, scored; the sampling noise is the run's sampling
+    seed at every evaluation (the same z for every cell and every step of a seed)."""
+    generator = torch.Generator(device=run.device).manual_seed(run.sample_seed)
+    with run.ema.average_parameters(run.model):
+        one_step, two_step = digits.sample(run.model, n_samples, generator=generator, device=run.device)
+    out = {}
+    for key, images in (("one_step", one_step), ("two_step", two_step)):
+        m = digits.evaluate_samples(classifier, data, images, reference)
+        kid, kid_se = digits.kernel_distance_to_reference(
+            digits.classifier_features(classifier, images), train_features, len(data.test_images))
+        out[key] = {"frechet_distance": m["frechet_distance"], "kernel_distance": kid, "kernel_distance_se": kid_se,
+                    "classes_covered": m["classes_covered"], "class_entropy_bits": m["class_entropy_bits"],
+                    "nn_ratio": m["nn_ratio"]}
+    return out
 
 
-def markdown(args, results: dict, floor: float, accuracy: float) -> str:
-    threads = "/".join(str(t) for t in sorted({m.get("torch_threads") for runs in results.values()
-                                                 for m in runs.values()}))
-    lines = [
-        "# Noise schedules for consistency training at the scale of 8x8 digits",
-        "",
-        "The comparison of Gokmen et al. 2024 (\"High Noise Scheduling is a Must\", arXiv 2404.06353),",
-        "repeated with `examples/train_consistency.py` (iCT on scikit-learn's 8x8 digits, a small UNet,",
-        f"{args.steps} steps of batch {args.batch}, the same for every run; seeds {', '.join(map(str, args.seeds))}).",
-        "Only the level distribution and the curriculum change between rows.",
-        "",
-        "Metrics of the EMA model's samples "
-        f"({args.eval_samples} samples; mean ± sample standard deviation over {len(args.seeds)} seeds):",
-        "",
-        "- **Frechet dist.**: Frechet distance between the samples and the training images in the 64-d",
-        "  feature space of a small digits classifier that the example trains (test accuracy",
-        f"  {accuracy:.3f}). **This is not FID** and is not comparable with FID values. Lower is better;",
-        f"  held-out real test images score **{floor:.2f}** (the floor). It is averaged over chunks of",
-        "  360 samples, the size of the test set, so the floor and the samples have the same bias.",
-        "- **classes**: how many of the 10 digit classes the classifier finds among the samples.",
-        "- **NN ratio**: median distance of samples to their nearest training image divided by the",
-        "  same for held-out test images; well below 1 would mean copying of training images.",
-        "- **final loss**: the training loss over the last 50 steps (not comparable across level",
-        "  distributions and curricula: the weights 1/(sigma_(i+1) - sigma_i) differ).",
-        "",
-    ]
-    header = ["schedule"] + [title for _, title, _ in COLUMNS]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for key, runs in results.items():
-        row = [SCHEDULES[key]["label"]]
-        for path, _, fmt in COLUMNS:
-            row.append(_mean_spread([_get(m, path) for m in runs.values()], fmt))
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Per seed (Frechet dist. 1-step / 2-step):", "",
-              "| schedule | " + " | ".join(f"seed {s}" for s in args.seeds) + " |",
-              "|" + "---|" * (len(args.seeds) + 1)]
-    for key, runs in results.items():
-        cells = [f"{_get(runs[s], ('one_step', 'frechet_distance')):.2f} / "
-                 f"{_get(runs[s], ('two_step', 'frechet_distance')):.2f}" for s in args.seeds]
-        lines.append(f"| {SCHEDULES[key]['label']} | " + " | ".join(cells) + " |")
-    best = min(results, key=lambda k: statistics.mean(_get(m, ("one_step", "frechet_distance"))
-                                                      for m in results[k].values()))
-    all_fd = [_get(m, ("one_step", "frechet_distance")) for runs in results.values() for m in runs.values()]
-    threshold = 3 * min(all_fd)
-    poor = {key: sum(_get(m, ("one_step", "frechet_distance")) > threshold for m in runs.values())
-            for key, runs in results.items()}
-    lines += [
-        "",
-        "Settings: Karras levels sigma in [0.002, 80], rho 7; log-normal P_mean -1.1, P_std 2.0; iCT",
-        "curriculum s0 10, s1 1280 (N doubles every K/8 steps); sinusoidal s0 20, s1 250; constant",
-        f"N = {args.constant_n}; polynomial rows with predefined Karras levels (one vector for the",
-        "curriculum's largest N); per-sample pseudo-Huber loss with c = 0.00054 sqrt(64) and weight",
-        f"1/(sigma_(i+1) - sigma_i); Adam, learning rate {train_consistency.DEFAULTS['lr']} after "
-        f"{train_consistency.DEFAULTS['warmup']} warm-up steps; EMA",
-        f"decay min({train_consistency.DEFAULTS['ema_decay']}, 1 - (1 + u)^-0.75) after u updates; "
-        "2-step sampling via sigma = 0.821.",
-        "",
-        f"Lowest mean 1-step Frechet distance here: {SCHEDULES[best]['label']}. Runs whose 1-step",
-        f"Frechet distance is more than 3 times the best run's ({threshold:.1f}): "
-        + "; ".join(f"{SCHEDULES[k]['label']}: {n} of {len(results[k])}" for k, n in poor.items()) + ".",
-        "Read the spread before the means: with a few seeds and short runs, differences smaller than",
-        "about two standard deviations are not evidence either way, and results at this scale need",
-        "not carry over to CIFAR-10 (the paper's setting) or to longer training. At this length the",
-        f"iCT curriculum doubles N every {args.steps // 8} steps and spends the last {args.steps // 8} "
-        "steps at N = 1281, while the",
-        "sinusoidal curriculum stays between 20 and 250 levels and the constant one at "
-        f"{args.constant_n}.",
-        "",
-        f"Machine: {platform.machine()}, {args.device}, torch {torch.__version__}, "
-        f"{threads} thread(s) per run; training time of all runs "
-        f"{sum(m['train_seconds'] for runs in results.values() for m in runs.values()) / 60:.0f} min; "
-        f"{datetime.date.today().isoformat()}.",
-        "",
-        "Reproduce:",
-        "",
-        "```",
-        reproduce_command(args),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+def train_and_evaluate(config: dict, cache_dir, *, log=print) -> dict:
+    """One run of the sweep (``config`` from :func:`run_config`); returns the JSON-ready record."""
+    device = torch.device(config["device"])
+    data = digits.load_digits_split()
+    classifier, accuracy = digits.load_or_train_classifier(cache_dir, data, log=log)
+    reference, floor = digits.reference_floor(classifier, data)
+    train_features = digits.classifier_features(classifier, data.train_images)
+    test_features = digits.classifier_features(classifier, data.test_images)
+    kid_floor = digits.kernel_distance(test_features, train_features)
+
+    cfg = config["train"]
+    run = train_consistency.Run(cfg, device, data)
+    run.keep_per_sample = True
+    edges = torch.tensor(bin_edges(config["bins"]), dtype=torch.float32, device=device)
+    inner = edges[1:-1].contiguous()
+    nbins = config["bins"]
+
+    def new_window() -> dict:
+        return {"count": torch.zeros(nbins, dtype=torch.float64, device=device),
+                "distance": torch.zeros(nbins, dtype=torch.float64, device=device),
+                "weighted": torch.zeros(nbins, dtype=torch.float64, device=device),
+                "loss": 0.0, "steps": 0, "num_levels": set()}
+
+    losses, window_losses, evaluations, windows = [], [], [], []
+    window = new_window()
+    train_seconds = eval_seconds = 0.0
+    diverged_at = None
+    cpu_start = time.process_time()
+    while run.step < cfg["steps"]:
+        started = time.perf_counter()
+        window["num_levels"].add(int(run.curriculum.num_levels(run.step)))
+        loss = run.train_step()
+        per = run.last_per_sample
+        which = torch.bucketize(per["sigma_next"], inner)
+        window["count"].index_add_(0, which, torch.ones_like(per["distance"], dtype=torch.float64))
+        window["distance"].index_add_(0, which, per["distance"].double())
+        window["weighted"].index_add_(0, which, (per["distance"] * per["weight"]).double())
+        window["loss"] += loss
+        window["steps"] += 1
+        window_losses.append(loss)
+        train_seconds += time.perf_counter() - started
+        if not math.isfinite(loss):
+            diverged_at = run.step
+            log(f"{config['cell']} seed {cfg['seed']}: loss {loss} at step {run.step}; stopping this run")
+            break
+        if run.step % LOSS_EVERY == 0 or run.step == cfg["steps"]:
+            losses.append({"step": run.step, "loss": float(np.mean(window_losses))})
+            window_losses.clear()
+        if run.step % config["eval_every"] == 0 or run.step == cfg["steps"]:
+            windows.append({"end_step": run.step, "steps": window["steps"], "mean_loss": window["loss"] / window["steps"],
+                            "num_levels": sorted(window["num_levels"]),
+                            **{k: window[k].cpu().tolist() for k in ("count", "distance", "weighted")}})
+            window = new_window()
+            started = time.perf_counter()
+            final = run.step == cfg["steps"]
+            evaluation = score(run, classifier, data, reference, train_features,
+                               config["final_samples"] if final else config["eval_samples"])
+            evaluations.append({"step": run.step, "samples": config["final_samples"] if final else config["eval_samples"],
+                                **evaluation})
+            eval_seconds += time.perf_counter() - started
+    return {
+        "format": RUN_FORMAT,
+        "config": config,
+        "finished": diverged_at is None,
+        "diverged_at": diverged_at,
+        "final": evaluations[-1] if diverged_at is None else None,
+        "evaluations": evaluations,
+        "losses": losses,
+        "bins": {"edges": bin_edges(config["bins"]).tolist(), "variable": "sigma_next (the student's level)",
+                 "windows": windows},
+        "reference": {"frechet_distance_test": floor, "kernel_distance_test": kid_floor,
+                      "classifier_test_accuracy": accuracy,
+                      "note": "Frechet and kernel (KID recipe) distances in the 64-d feature space of a small "
+                              "digits classifier: NOT FID or KID, not comparable with published values. The "
+                              "_test values are the held-out test images' distances to the training images "
+                              "(the floor)."},
+        "timing": {"train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                   "cpu_seconds": time.process_time() - cpu_start, "torch_threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "torch": torch.__version__,
+                    "noisefast": noisefast.__version__},
+    }
 
 
-def _run_in_subprocess(argv: list, log_path: Path) -> None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "train_consistency.py"),
-                               *argv], stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"run failed (exit {done.returncode}): {shlex.join(argv)}; see {log_path}")
+def write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)       # never leave a half-written run behind
+
+
+def _worker(config: dict, out: str, threads: int) -> str:
+    torch.set_num_threads(threads)
+    record = train_and_evaluate(config, out, log=lambda *a, **k: None)
+    path = run_path(out, config["cell"], config["train"]["seed"])
+    write_json(path, record)
+    return str(path)
+
+
+def plan(args) -> List[dict]:
+    """The configurations still to run, seed-major."""
+    return [run_config(args, cell, seed) for seed in args.seeds for cell in args.cells
+            if not is_done(run_path(args.out, cell, seed), run_config(args, cell, seed))]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    todo = []
-    for key in args.schedules:
-        for seed in args.seeds:
-            metrics_path = Path(args.out) / f"compare-{key}-seed{seed}" / "metrics.json"
-            if not (args.reuse and _reusable(metrics_path, args, key, seed)):
-                todo.append((key, seed))
-    if args.jobs == 1:
-        for key, seed in todo:
-            print(f"\n== {SCHEDULES[key]['label']}, seed {seed}", flush=True)
-            train_consistency.main(run_argv(args, key, seed))
-    elif todo:
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        # Train the shared feature classifier once, before the runs that would all want it, with
-        # the runs' thread count (the result depends on it in the last bits).
-        torch.set_num_threads(threads)
-        digits.load_or_train_classifier(args.out, digits.load_digits_split())
-        print(f"{len(todo)} runs, {args.jobs} at a time with {threads} thread(s) each; logs in "
-              f"{args.out}/compare-*/log.txt", flush=True)
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(_run_in_subprocess,
-                                   run_argv(args, key, seed) + ["--threads", str(threads), "--quiet"],
-                                   Path(args.out) / f"compare-{key}-seed{seed}" / "log.txt"): (key, seed)
-                       for key, seed in todo}
-            for future in concurrent.futures.as_completed(futures):
-                future.result()
-                key, seed = futures[future]
-                print(f"finished {SCHEDULES[key]['label']}, seed {seed}", flush=True)
-    results = {key: {seed: json.loads((Path(args.out) / f"compare-{key}-seed{seed}" / "metrics.json").read_text())
-                     for seed in args.seeds} for key in args.schedules}
-    any_run = next(iter(next(iter(results.values())).values()))
-    text = markdown(args, results, any_run["reference"]["frechet_distance_test"],
-                    any_run["reference"]["classifier_test_accuracy"])
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    print("\n" + text)
-    print(f"wrote {output}; reproduce with:\n  {reproduce_command(args)}")
+    log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    todo = plan(args)
+    total = len(args.seeds) * len(args.cells)
+    log(f"{total} runs ({len(args.cells)} cells x {len(args.seeds)} seeds), {total - len(todo)} already done, "
+        f"{len(todo)} to run, {args.jobs} at a time; runs in {args.out}/<cell>/seed<k>.json")
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        # The feature classifier, trained once before the runs that would all want it.
+        digits.load_or_train_classifier(args.out, digits.load_digits_split(), log=log)
+        started, done = time.perf_counter(), 0
+
+        def finished(config: dict, path: str) -> None:
+            nonlocal done
+            done += 1
+            record = json.loads(Path(path).read_text())
+            final = record["final"]
+            fd = "diverged" if final is None else f"Frechet 1-step {final['one_step']['frechet_distance']:.2f}"
+            elapsed = time.perf_counter() - started
+            log(f"[{done}/{len(todo)}] {config['cell']} seed {config['train']['seed']}: {fd}, "
+                f"train {record['timing']['train_seconds']:.0f} s + eval {record['timing']['eval_seconds']:.0f} s; "
+                f"{elapsed / 60:.1f} min elapsed, about {elapsed / done * (len(todo) - done) / 60:.0f} min left")
+
+        if args.jobs == 1:
+            for config in todo:
+                finished(config, _worker(config, args.out, args.threads))
+        elif todo:
+            context = multiprocessing.get_context("spawn")      # no fork of a process that ran OpenMP
+            with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+                futures = {pool.submit(_worker, config, args.out, args.threads): config for config in todo}
+                for future in concurrent.futures.as_completed(futures):
+                    finished(futures[future], future.result())
+    finally:
+        torch.set_num_threads(before)
+    log(f"all {total} runs in {args.out}; report with: python examples/comparison_report.py --runs {args.out}")
     return 0
 
 

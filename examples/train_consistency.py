@@ -5,6 +5,7 @@
     python examples/train_consistency.py --distribution lognormal --curriculum ict --no-predefined-levels
     python examples/train_consistency.py --stop-at 500        # stop early, as if interrupted ...
     python examples/train_consistency.py --resume             # ... and continue exactly
+    torchrun --nproc-per-node 2 examples/train_consistency.py --fsdp   # FSDP2, sharded EMA (gloo/NCCL)
 
 iCT (Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models"): Karras levels,
 a level distribution (iCT's discrete log-normal, or the polynomial one of Gokmen et al. 2024, "High
@@ -19,10 +20,11 @@ perturbation (``ConsistencyNoise``), the parameterisation (``consistency_output`
 (``pseudo_huber_loss``) and the EMA (``EMA``).
 
 The default schedule is Gokmen et al.'s: polynomial levels (curve 4) taken from one predefined
-Karras vector, with the sinusoidal curriculum. It was the most reliable of the three schedules of
-docs/comparison.md at this length (2000 steps); iCT's own log-normal levels with the exponential
-curriculum (--distribution lognormal --curriculum ict --no-predefined-levels) reach N = 1281 for
-the last 250 steps, and 2 of 3 seeds gave much worse 1-step samples there.
+Karras vector, with the sinusoidal curriculum. In the paired-seed sweep of docs/comparison.md (10
+seeds, 4000 steps, a width-16 model) polynomial levels with the sinusoidal curriculum were the only
+cells with no failed seed; iCT's own log-normal levels with the exponential curriculum
+(--distribution lognormal --curriculum ict --no-predefined-levels) ended far worse on 6 of 10 seeds,
+and predefined levels made no clear difference against levels rebuilt for each N (--no-predefined-levels).
 
 Outputs under <out>/<name>/ (default runs/digits/):
   samples.png      1-step and 2-step samples of the EMA model (2-step: back to sigma = 0.821)
@@ -30,6 +32,15 @@ Outputs under <out>/<name>/ (default runs/digits/):
   checkpoint.pt    model, optimiser, EMA, RNG states (noise generator, data order, torch's default
                    generator) and the step: --resume continues exactly where the run stopped
                    (bit for bit on the CPU)
+
+With --fsdp (under torchrun; gloo on the CPU, NCCL with --device cuda) the model is sharded with FSDP2
+(``fully_shard``) and the EMA keeps float32 shadows of each rank's shards (``noisefast.EMA`` of the
+sharded model, one fused update per step, no communication). Every rank draws the same full batch
+and keeps its rows, so the run is the one-process run split over the ranks (the same data, levels
+and noise; gradients averaged by FSDP2). Rank 0 evaluates with the gathered EMA weights
+(``EMA.full_averaged()``). The checkpoint is written with torch.distributed.checkpoint (model,
+optimiser and EMA shards, the step) into <out>/<name>/checkpoint-fsdp/; --resume and --stop-at are
+for one process.
 
 Quality metrics, no download: a Frechet distance in the 64-d feature space of a small digits
 classifier that this script trains once and caches (<out>/digits_classifier.pt). This is NOT FID
@@ -124,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice, normally one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no printing")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard the model with FSDP2 over the torchrun processes (sharded EMA; rank 0 evaluates)")
     return p
 
 
@@ -173,6 +186,8 @@ def parse_args(argv=None):
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.checkpoint_every < 0:
         parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.fsdp and (args.resume or args.stop_at is not None):
+        parser.error("--fsdp runs from the start to --steps: --resume and --stop-at are for one process")
     if args.eval_samples < digits.N_TEST:
         parser.error(f"--eval-samples must be >= {digits.N_TEST} (the test-set size), got {args.eval_samples}")
     try:
@@ -232,6 +247,10 @@ class Run:
         self.history = []           # one entry per logging window
         self.window = []            # losses of the current logging window
         self.train_seconds = 0.0
+        # Set to True to keep the last step's per-sample levels and losses in self.last_per_sample
+        # (examples/compare_schedules.py bins them by noise level); off by default (one more pass).
+        self.keep_per_sample = False
+        self.last_per_sample = None
 
     def lr_at(self, step: int) -> float:
         warmup = self.cfg["warmup"]
@@ -247,6 +266,14 @@ class Run:
         with torch.no_grad():
             target = self.model(batch.x_cur, batch.sigma)
         loss = noisefast.pseudo_huber_loss(student, target, weight=batch.weight)
+        if self.keep_per_sample:
+            # [B] each: sigma_{i+1} (the student's level), the unweighted pseudo-Huber distance d_b,
+            # and the weight lambda_b = 1 / (sigma_{i+1} - sigma_i); the loss is mean(weight * distance).
+            with torch.no_grad():
+                self.last_per_sample = {
+                    "sigma_next": batch.sigma_next,
+                    "distance": noisefast.pseudo_huber_loss(student.detach(), target, reduction="none"),
+                    "weight": batch.weight}
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -337,6 +364,85 @@ def train(run: Run, stop: int, *, checkpoint: Path, checkpoint_every: int, quiet
 
 
 # --------------------------------------------------------------------------------------------------
+# FSDP2 (--fsdp): the same run with the model sharded over the torchrun processes
+
+class RankRows:
+    """The consistency noise of the full batch, of which this rank keeps its rows: every rank draws
+    the same full batch (the same generators in the same states), so the ranks together take the
+    one-process step."""
+
+    def __init__(self, noise: noisefast.ConsistencyNoise, rank: int, world_size: int):
+        self.noise, self.rank, self.world_size = noise, rank, world_size
+
+    def sample(self, x: torch.Tensor, step: int, *, generator: torch.Generator) -> noisefast.ConsistencyBatch:
+        batch = self.noise.sample(x, step, generator=generator)
+        return noisefast.ConsistencyBatch(*(t.chunk(self.world_size)[self.rank] for t in batch))
+
+
+class FSDPRun(Run):
+    """A :class:`Run` whose model is sharded with FSDP2 and whose EMA averages the shards. Joins the
+    torchrun process group (gloo on the CPU, NCCL on CUDA) unless one is initialised already."""
+
+    def __init__(self, cfg: dict, device: torch.device, data: digits.DigitsSplit):
+        import torch.distributed as dist
+        from torch.distributed.fsdp import fully_shard
+
+        self.owns_group = not dist.is_initialized()
+        if self.owns_group:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if cfg["batch"] % self.world_size:
+            raise SystemExit(f"--batch {cfg['batch']} must be a multiple of the {self.world_size} processes")
+        super().__init__(cfg, device, data)     # every rank builds the same model from the same seed
+        for block in self.model.net.children():
+            if any(p.requires_grad for p in block.parameters()):
+                fully_shard(block)
+        fully_shard(self.model)
+        # Built again on the sharded parameters, with the same settings: Adam and the EMA keep shards.
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"])
+        self.ema = noisefast.EMA(self.model, decay=self.ema.decay, warmup=self.ema.warmup, power=self.ema.power)
+        self.noise = RankRows(self.noise, self.rank, self.world_size)
+
+    def train_step(self) -> float:
+        """One step of :class:`Run`; returns the loss of the full batch (the mean of the ranks')."""
+        import torch.distributed as dist
+
+        loss = torch.tensor([super().train_step()], dtype=torch.float64, device=self.device)
+        dist.all_reduce(loss)
+        return loss.item() / self.world_size
+
+    def save(self, path: Path) -> None:
+        """torch.distributed.checkpoint of the model, optimiser and EMA shards and the step, into
+        ``<path's directory>/checkpoint-fsdp/`` (every rank writes its shards)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        dcp.save({"config": dict(self.cfg), "step": self.step, "model": model_state, "optimizer": optimizer_state,
+                  "ema": self.ema.state_dict()}, checkpoint_id=path.parent / "checkpoint-fsdp")
+
+    def evaluate(self, data: digits.DigitsSplit, out_dir: Path, n_samples: int, log: Callable) -> Optional[dict]:
+        """Rank 0 evaluates an unsharded model holding the gathered EMA weights (every rank takes
+        part in the gathering); the other ranks return None."""
+        weights = self.ema.full_averaged()
+        if self.rank != 0:
+            return None
+        model = digits.ConsistencyModel(self.cfg["width"]).to(self.device)
+        model.load_state_dict(weights)
+        return evaluate_model(model, self.sample_seed, self.device, data, out_dir, n_samples, log)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------
 # Evaluation
 
 def save_samples_png(path: Path, one_step: torch.Tensor, two_step: torch.Tensor, metrics: dict) -> None:
@@ -369,11 +475,17 @@ def save_samples_png(path: Path, one_step: torch.Tensor, two_step: torch.Tensor,
 
 
 def evaluate(run: Run, data: digits.DigitsSplit, out_dir: Path, n_samples: int, log: Callable) -> dict:
+    with run.ema.average_parameters(run.model):
+        return evaluate_model(run.model, run.sample_seed, run.device, data, out_dir, n_samples, log)
+
+
+def evaluate_model(model: torch.nn.Module, sample_seed: int, device: torch.device, data: digits.DigitsSplit,
+                   out_dir: Path, n_samples: int, log: Callable) -> dict:
+    """The quality metrics of ``model``'s samples (and the samples)."""
     classifier, accuracy = digits.load_or_train_classifier(out_dir, data, log=log)
     reference, floor = digits.reference_floor(classifier, data)
-    generator = torch.Generator(device=run.device).manual_seed(run.sample_seed)
-    with run.ema.average_parameters(run.model):
-        one_step, two_step = digits.sample(run.model, n_samples, generator=generator, device=run.device)
+    generator = torch.Generator(device=device).manual_seed(sample_seed)
+    one_step, two_step = digits.sample(model, n_samples, generator=generator, device=device)
     return {
         "one_step": digits.evaluate_samples(classifier, data, one_step, reference),
         "two_step": digits.evaluate_samples(classifier, data, two_step, reference),
@@ -413,7 +525,14 @@ def main(argv=None) -> int:
     checkpoint = run_dir / CHECKPOINT_FILE
 
     data = digits.load_digits_split()
-    run = Run(cfg, device, data)
+    if args.fsdp:
+        run = FSDPRun(cfg, device, data)
+        device = run.device
+        if run.rank != 0:
+            log = lambda *a, **k: None  # noqa: E731
+    else:
+        run = Run(cfg, device, data)
+    main_rank = getattr(run, "rank", 0) == 0
     if args.resume:
         # Loaded on the CPU: generator states must be CPU tensors; the model, optimiser and EMA
         # copy their tensors to the run's device.
@@ -423,7 +542,8 @@ def main(argv=None) -> int:
         log(f"noisefast {noisefast.__version__}: iCT on 8x8 digits ({len(data.train_images)} train, "
             f"{len(data.test_images)} test) on {device}; outputs in {run_dir}/")
     stop = cfg["steps"] if args.stop_at is None else max(args.stop_at, run.step)
-    train(run, stop, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, quiet=args.quiet)
+    train(run, stop, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+          quiet=args.quiet or not main_rank)
 
     finished = run.step >= cfg["steps"]
     metrics = {
@@ -437,8 +557,15 @@ def main(argv=None) -> int:
         "final_loss": run.history[-1]["loss"] if run.history else None,
         "history": run.history,
     }
-    if finished and not args.no_eval:
+    if args.fsdp:
+        metrics["fsdp_processes"] = run.world_size
+        evaluation = run.evaluate(data, out_dir, args.eval_samples, log) if finished and not args.no_eval else None
+        run.close()
+        if not main_rank:
+            return 0
+    elif finished and not args.no_eval:
         evaluation = evaluate(run, data, out_dir, args.eval_samples, log)
+    if finished and not args.no_eval:
         one_step, two_step = evaluation.pop("samples")
         metrics.update(evaluation)
         save_samples_png(run_dir / "samples.png", one_step, two_step, metrics)
@@ -447,7 +574,8 @@ def main(argv=None) -> int:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log(f"\ntrained {run.step}/{cfg['steps']} steps in {run.train_seconds:.0f} s "
         f"({metrics['samples_per_second']:.0f} samples/s); wrote {run_dir}/"
-        + ("samples.png, " if finished and not args.no_eval else "") + "metrics.json, checkpoint.pt")
+        + ("samples.png, " if finished and not args.no_eval else "") + "metrics.json, "
+        + ("checkpoint-fsdp/" if args.fsdp else "checkpoint.pt"))
     if not finished:
         log(f"continue with: python examples/train_consistency.py --out {args.out} --name {args.name} --resume")
     return 0

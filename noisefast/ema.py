@@ -35,6 +35,12 @@ then, so replacing a parameter (``load_state_dict(assign=True)``, ``to_empty``, 
 swaps parameters) does not leave the EMA averaging stale tensors. Wrapped models
 (``torch.compile``, DDP) are tracked under the inner model's names.
 
+Sharded models (FSDP2's ``fully_shard``, tensor parallelism: DTensor parameters): the shadows are
+plain tensors shaped as this rank's local shards, averaged with no communication (the EMA is
+elementwise). ``state_dict()`` wraps them as DTensors laid out as the parameters, for
+``torch.distributed.checkpoint`` (resharding onto another world size included), and
+``full_averaged()`` gathers the full weights (noisefast/sharded_state.py).
+
 Precision: shadows are float32 by default whatever the weights' dtype (a float64 weight keeps a
 float64 shadow). A bfloat16 shadow of a bfloat16 weight is allowed (``dtype=None`` or
 ``dtype=torch.bfloat16``) but is a trap: once (1 - decay) * |weight - shadow| is under half a
@@ -58,6 +64,8 @@ from torch import nn
 from ._checks import check_int, check_int_tensor, check_real, check_values
 from ._compile import StepCounter, mark_static
 from .ops.ema_update import check_decay_number, run_ema_update
+from .sharded_state import (ShardLayout, as_dtensor, check_sharded_value, gathered, is_dtensor, layout_of,
+                            local_tensor, reshard_fsdp)
 
 Warmup = Union[None, str, Callable[[int], float]]
 WARMUPS = ("ramp", "inverse_gamma")
@@ -183,15 +191,6 @@ def unwrap_model(module: nn.Module) -> nn.Module:
         return module
 
 
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The tensor whose memory holds this process's elements of ``t``: its local shard for a
-    DTensor (FSDP2, tensor parallelism), ``t`` itself otherwise."""
-    dtensor = sys.modules.get("torch.distributed.tensor")
-    if dtensor is not None and isinstance(t, dtensor.DTensor):
-        return t.to_local()
-    return t
-
-
 class _NameResolver:
     """The tensors a module holds now under fixed names (parameters and buffers), found with one
     dict lookup per name plus one per submodule on its path, so that following a module whose
@@ -285,8 +284,8 @@ class EMA:
             parameters), at the cost of one dict lookup per tensor when nothing changed. A
             wrapped model (``torch.compile``, DistributedDataParallel, DataParallel) is tracked
             under its inner model's names (:func:`unwrap_model`); an FSDP2 model's parameters are
-            averaged shard by shard (each rank keeps and saves its shards). A list's tensors are
-            kept as given.
+            averaged shard by shard (each rank keeps its shards; :meth:`state_dict` holds them as
+            DTensors, :meth:`full_averaged` gathers them). A list's tensors are kept as given.
         decay: the decay of a classic EMA, in [0, 1] (ignored with ``sigma_rels``).
         warmup: None (constant decay), "ramp", "inverse_gamma" or a callable u -> decay in [0, 1]
             (see :func:`ema_decay`).
@@ -298,7 +297,8 @@ class EMA:
             weight's own dtype), or float16/bfloat16/float64 for weights of that dtype only.
         device: where the shadows live (default: each weight's device). ``device="cpu"`` keeps
             a GPU model's EMA in host memory; each update then copies the weights to the host
-            (a device-to-host transfer and a synchronisation per step).
+            (a device-to-host transfer and a synchronisation per step). Not for sharded weights,
+            whose shadows stay on their mesh's device type (ValueError).
         inv_gamma, power, min_decay: parameters of the schedules (see :func:`ema_decay`).
 
     What is averaged: every floating-point parameter (and every floating tensor of a list) has a
@@ -356,6 +356,14 @@ class EMA:
         self._resolver = None if module is None else _NameResolver(
             module, self._names, {n for n, _ in buffers} if include_buffers else set())
         self._fixed_sources = None if module is not None else [tracked[i][1] for i in averaged + copied]
+        # Where each tracked tensor's local shard sits in its global tensor (None: not sharded).
+        self._layouts: List[Optional[ShardLayout]] = [layout_of(tracked[i][1], tracked[i][0])
+                                                      for i in averaged + copied]
+        if self.device is not None:
+            for name, layout in zip(self._names, self._layouts):
+                if layout is not None and torch.device(layout.mesh.device_type).type != self.device.type:
+                    raise ValueError(f"device={self.device} cannot hold the shadow of {name}, sharded over a "
+                                     f"{layout.mesh.device_type} mesh: keep sharded shadows on the mesh's device")
         # One shadow per profile for every averaged tensor; one copy for every copied tensor.
         self._shadows: List[List[torch.Tensor]] = [[] for _ in range(self.num_profiles)]
         self._copies: List[torch.Tensor] = []
@@ -455,6 +463,10 @@ class EMA:
         key = self._plan_key
         if key is not None and frozen == key[1] and dtypes == key[2] and all(map(operator.is_, sources, key[0])):
             return self._plan
+        if self.sharded and reshard_fsdp(self._resolver.module if self._resolver is not None else nn.Module()):
+            sources = self.tracked_tensors()  # FSDP2 parameters left unsharded by a no_grad forward
+            frozen = [_is_frozen(t) for t in sources[:n]]
+            dtypes = [t.dtype for t in sources]
         # The tensors themselves (their local shards), not detached views: ``param.data = ...`` (what
         # .to(), .half(), .cuda() and to_empty do) swaps a Parameter's storage under the same object,
         # and a detached view would keep the old storage. Only read, with grad mode off.
@@ -568,6 +580,9 @@ class EMA:
     def _targets(self, model) -> List[torch.Tensor]:
         """The tensors (local shards) of ``model`` matching the tracked names, checked to have
         the shadows' shapes (model=None: the tracked ones)."""
+        if self.sharded:  # FSDP2 parameters left unsharded by a no_grad forward
+            reshard_fsdp(self._resolver.module if model is None and self._resolver is not None else
+                         model if isinstance(model, nn.Module) else nn.Module())
         if model is None:
             targets = self.tracked_tensors()
         elif isinstance(model, nn.Module):
@@ -589,9 +604,12 @@ class EMA:
             by_name = dict(params)
             targets = [by_name[n] for n in self._names]
         targets = [local_tensor(t) for t in targets]
-        for name, t, ours in zip(self._names, targets, self._shadows[0] + self._copies):
+        for name, t, ours, layout in zip(self._names, targets, self._shadows[0] + self._copies, self._layouts):
             if t.shape != ours.shape:
-                raise ValueError(f"model tensor {name} has shape {tuple(t.shape)}, expected {tuple(ours.shape)}")
+                hint = "" if layout is None or t.shape != layout.shape else (
+                    ": this EMA holds this rank's shards of a sharded model; an unsharded model takes "
+                    "full_averaged() (load_state_dict)")
+                raise ValueError(f"model tensor {name} has shape {tuple(t.shape)}, expected {tuple(ours.shape)}{hint}")
         return targets
 
     @torch.no_grad()
@@ -642,15 +660,56 @@ class EMA:
         floating parameter, frozen ones included) and copies (buffers, non-floating parameters).
         Tensors are references (as in nn.Module.state_dict); torch.save/torch.load with
         weights_only=True round-trip it. Version 1 states (frozen parameters under "copied")
-        load too."""
+        load too.
+
+        Sharded weights (FSDP2, tensor parallelism: DTensor parameters): their averages and
+        copies are DTensors with the parameter's mesh, placements and global shape, wrapping
+        this rank's shadow shards (no copy), so ``torch.distributed.checkpoint`` saves the state
+        and loads it, also onto another world size or into an unsharded EMA on one process::
+
+            dcp.save({"ema": ema.state_dict()}, checkpoint_id=path)      # every rank
+            state = {"ema": ema.state_dict()}                              # resuming: any world size
+            dcp.load(state, checkpoint_id=path)                            # writes into the shards
+            ema.load_state_dict(state["ema"])                              # step, num_updates
+        """
+        n = len(self._avg_names)
         return {
             "version": STATE_VERSION,
             "step": self.step,
             "num_updates": self.num_updates,
             "sigma_rels": list(self.sigma_rels) if self.sigma_rels is not None else None,
-            "averaged": [dict(zip(self._avg_names, shadows)) for shadows in self._shadows],
-            "copied": dict(zip(self._copy_names, self._copies)),
+            "averaged": [dict(zip(self._avg_names, self._as_global(shadows, self._layouts[:n])))
+                         for shadows in self._shadows],
+            "copied": dict(zip(self._copy_names, self._as_global(self._copies, self._layouts[n:]))),
         }
+
+    @staticmethod
+    def _as_global(tensors: List[torch.Tensor], layouts: List[Optional[ShardLayout]]) -> List[torch.Tensor]:
+        return [t if layout is None else as_dtensor(t, layout) for t, layout in zip(tensors, layouts)]
+
+    @property
+    def layouts(self) -> List[Optional[ShardLayout]]:
+        """Per tracked tensor (:attr:`names` order), the layout of its sharded weight (mesh,
+        placements, global shape and stride of the DTensor parameter), or None if not sharded."""
+        return list(self._layouts)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether any tracked tensor is sharded (a DTensor: FSDP2, tensor parallelism)."""
+        return any(layout is not None for layout in self._layouts)
+
+    @torch.no_grad()
+    def full_averaged(self, profile: Union[int, float] = 0) -> Dict[str, torch.Tensor]:
+        """{name: full tensor} of a profile's averages and the copied tensors, sharded ones
+        gathered from every rank into plain tensors (the global shapes, the shadows' dtypes, on
+        the shadows' devices): the weights of the EMA model for inference, ``torch.save`` or an
+        evaluation on one device (``plain_model.load_state_dict(ema.full_averaged())`` with
+        ``include_buffers=True``). With sharded weights this is a collective: every rank of the
+        mesh calls it, and every rank receives the full tensors. New tensors, unsharded ones
+        cloned (:meth:`averaged` gives references to the shadows)."""
+        p = self._profile_index(profile)
+        return {name: t.clone() if layout is None else gathered(t, layout)
+                for name, t, layout in zip(self._names, self._shadows[p] + self._copies, self._layouts)}
 
     def upgraded(self, state):
         """A version-1 state as version 2 (:meth:`upgraded_tensors`); other states as they are."""
@@ -669,15 +728,19 @@ class EMA:
         moved = {n: copied[n] for n in self._avg_names if n in copied and all(n not in a for a in averaged)}
         return [{**a, **moved} for a in averaged], {n: v for n, v in copied.items() if n not in moved}
 
-    def check_tensors(self, averaged, copied, where: str) -> None:
+    def check_tensors(self, averaged, copied, where: str, local: bool = False) -> None:
         """TypeError/ValueError unless ``averaged`` (one dict per profile) and ``copied`` hold
-        exactly this EMA's tensors, shapes and kinds (see :func:`check_state_tensors`)."""
+        exactly this EMA's tensors, shapes and kinds (see :func:`check_state_tensors`): sharded
+        ones as DTensors laid out as the weights, or (``local``: a snapshot) also as local shards."""
         if isinstance(averaged, (str, bytes, Mapping)) or not isinstance(averaged, Sequence) \
                 or len(averaged) != self.num_profiles:
             raise ValueError(f"{where}['averaged'] must be a list of {self.num_profiles} dicts")
+        n = len(self._avg_names)
         for p, shadows in enumerate(averaged):
-            check_state_tensors(shadows, f"{where}['averaged'][{p}]", self._avg_names, self._shadows[p], True)
-        check_state_tensors(copied, f"{where}['copied']", self._copy_names, self._copies, False)
+            check_state_tensors(shadows, f"{where}['averaged'][{p}]", self._avg_names, self._shadows[p], True,
+                                self._layouts[:n], local)
+        check_state_tensors(copied, f"{where}['copied']", self._copy_names, self._copies, False,
+                            self._layouts[n:], local)
 
     def same_sigma_rels(self, theirs) -> bool:
         """Whether ``theirs`` (from a state or snapshot) are this EMA's sigma_rels (None for none)."""
@@ -706,21 +769,23 @@ class EMA:
     def load_state_dict(self, state: Mapping) -> None:
         """Load a :meth:`state_dict`. Everything is checked first (keys, version, profiles,
         counters, and each tensor's type, shape, dtype, layout and device: a real device, not
-        meta); on any error nothing is changed (ValueError/TypeError)."""
+        meta; a sharded weight's as a DTensor with its mesh, placements and global shape); on
+        any error nothing is changed (ValueError/TypeError)."""
         state = self.upgraded(state)
         self.check_state(state)
         for p, shadows in enumerate(state["averaged"]):
             for name, mine in zip(self._avg_names, self._shadows[p]):
-                mine.copy_(shadows[name])
+                mine.copy_(local_tensor(shadows[name]))
         for name, mine in zip(self._copy_names, self._copies):
-            mine.copy_(state["copied"][name])
+            mine.copy_(local_tensor(state["copied"][name]))
         self.step = int(state["step"])
         self.num_updates = int(state["num_updates"])
 
     def snapshot(self, device: Union[None, str, torch.device] = "cpu") -> dict:
         """A copy of the power-function profiles now, for post-hoc EMA: {"t", "step",
         "sigma_rels", "averaged", "copied"} with tensors copied to ``device`` (None: where they
-        are). t = step - update_after_step must be >= 1."""
+        are). t = step - update_after_step must be >= 1. Sharded weights are snapshotted as this
+        rank's local shards (plain tensors; :class:`noisefast.PostHocEMA` keeps them per rank)."""
         if self.sigma_rels is None:
             raise ValueError("snapshot() needs power-function profiles: build the EMA with sigma_rels")
         t = self.power_time()
@@ -745,20 +810,25 @@ class EMA:
                 f"step={self.step})")
 
 
-def check_state_tensors(given, where: str, names: List[str], ours: List[torch.Tensor], floating: bool) -> None:
+def check_state_tensors(given, where: str, names: List[str], ours: List[torch.Tensor], floating: bool,
+                        layouts: Optional[List[Optional[ShardLayout]]] = None, local: bool = False) -> None:
     """TypeError/ValueError naming ``where[name]`` unless ``given`` maps exactly ``names`` to dense
     tensors on a real device (not meta) with the shapes of ``ours``, floating (``floating``) or of
-    ``ours``' dtypes: what a state's tensors must be for copy_ into ``ours`` to succeed."""
+    ``ours``' dtypes: what a state's tensors must be for copy_ into ``ours`` to succeed. Where
+    ``layouts`` gives a sharded weight's layout, its value must be a DTensor laid out so (its
+    local shard is then checked against ``ours``), or with ``local`` also the local shard itself."""
     if not isinstance(given, Mapping):
         raise TypeError(f"{where} must be a dict of tensors, got {type(given).__name__}")
     missing = [n for n in names if n not in given]
     unexpected = [n for n in given if n not in set(names)]
     if missing or unexpected:
         raise ValueError(f"{where}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    for name, mine in zip(names, ours):
+    for name, mine, layout in zip(names, ours, layouts or [None] * len(names)):
         value = given[name]
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{where}[{name!r}] must be a tensor, got {type(value).__name__}")
+        if layout is not None and (is_dtensor(value) or not local):
+            value = check_sharded_value(value, layout, f"{where}[{name!r}]")
         if value.layout != torch.strided or value.is_quantized:
             raise TypeError(f"{where}[{name!r}] must be a dense (strided) tensor, got {value.layout}")
         if value.device.type == "meta":

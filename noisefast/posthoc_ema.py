@@ -28,6 +28,7 @@ import torch
 from ._checks import check_int
 from ._compile import eager_under_compile
 from .ema import EMA, sigma_rel_to_gamma
+from .sharded_state import as_dtensor, gathered, is_dtensor
 
 
 def power_function_weights(t: int, sigma_rel: float) -> np.ndarray:
@@ -78,6 +79,16 @@ class PostHocEMA:
 
     Memory: each snapshot holds len(sigma_rels) copies of the averaged weights (float32 by
     default); EDM2 snapshots every ~8M images and keeps them on disk.
+
+    Sharded models (FSDP2: DTensor parameters): every rank snapshots its own shards (on disk, one
+    file per rank, ``phema-<t>.rank<r>-of-<w>.pt``), :meth:`reconstruct` combines them shard by
+    shard (the combination is elementwise) and :meth:`copy_to` writes them into the sharded
+    model; ``reconstruct(..., full=True)`` gathers full tensors (a collective: every rank calls
+    it). :meth:`state_dict` holds the shards of in-memory snapshots as DTensors, like the EMA's
+    state, so ``torch.distributed.checkpoint`` saves them whole (it loads into the tensors of an
+    existing state, i.e. into a PostHocEMA holding the same snapshot times). A run resumes from
+    snapshots on disk (``directory=``), which each rank reads back from its own file: on the same
+    world size.
     """
 
     def __init__(self, model_or_params, sigma_rels: Sequence[float] = (0.05, 0.10), *,
@@ -121,17 +132,26 @@ class PostHocEMA:
         self._records = [r for r in self._records if r["t"] != data["t"]]
         if self.directory is not None:
             path = os.path.join(self.directory, f"phema-{data['t']:010d}.pt")
-            torch.save(data, path)
+            torch.save(data, self._file_of(path))
             self._records.append({"t": data["t"], "path": path})
         else:
             self._records.append({"t": data["t"], "data": data})
         self._records.sort(key=lambda r: r["t"])
 
+    def _file_of(self, path: str) -> str:
+        """The file that holds this rank's part of the snapshot recorded as ``path`` (the record
+        is the same on every rank, so a checkpoint of it does not depend on the rank)."""
+        if not self.ema.sharded:
+            return path
+        stem, ext = os.path.splitext(path)
+        return f"{stem}.rank{torch.distributed.get_rank()}-of-{torch.distributed.get_world_size()}{ext}"
+
     def _load(self, record: dict) -> dict:
         if "data" in record:
             return record["data"]
-        data = torch.load(record["path"], map_location=self.snapshot_device, weights_only=True)
-        return self.check_snapshot(data, record["t"], f"snapshot file {record['path']!r}")
+        path = self._file_of(record["path"])
+        data = torch.load(path, map_location=self.snapshot_device, weights_only=True)
+        return self.check_snapshot(data, record["t"], f"snapshot file {path!r}")
 
     def check_snapshot(self, data, t: int, where: str) -> dict:
         """``data`` (a snapshot of time ``t``, as :meth:`EMA.snapshot` makes), upgraded from a
@@ -147,8 +167,9 @@ class PostHocEMA:
         if not self.ema.same_sigma_rels(data["sigma_rels"]):
             raise ValueError(f"{where} has sigma_rels {data['sigma_rels']}, this PostHocEMA tracks {self.sigma_rels}")
         averaged, copied = self.ema.upgraded_tensors(data["averaged"], data["copied"])
-        self.ema.check_tensors(averaged, copied, where)
-        return {**data, "averaged": averaged, "copied": copied}
+        self.ema.check_tensors(averaged, copied, where, local=True)
+        local = lambda d: {n: v.to_local() if is_dtensor(v) else v for n, v in d.items()}  # noqa: E731
+        return {**data, "averaged": [local(a) for a in averaged], "copied": local(copied)}
 
     def _check_time(self, t) -> int:
         """``t`` as a snapshot time: None is the last one; any other t must be one."""
@@ -178,12 +199,15 @@ class PostHocEMA:
 
     @torch.no_grad()
     def reconstruct(self, sigma_rel: float, *, t: Optional[int] = None, dtype: torch.dtype = torch.float32,
-                    accumulate_dtype: torch.dtype = torch.float64) -> Dict[str, torch.Tensor]:
+                    accumulate_dtype: torch.dtype = torch.float64, full: bool = False) -> Dict[str, torch.Tensor]:
         """{name: tensor} of the EMA with ``sigma_rel`` at time ``t`` (a snapshot time; default:
         the last snapshot): sum over snapshots and profiles of coefficient * snapshot, summed in
         ``accumulate_dtype`` (the coefficients alternate in sign and reach ~10^2, so float32
         sums lose digits), returned in ``dtype`` on ``snapshot_device``. Copied tensors (buffers,
-        frozen parameters) come from the last snapshot used. Loads one snapshot at a time."""
+        frozen parameters) come from the last snapshot used. Loads one snapshot at a time.
+
+        Sharded weights come back as this rank's shards, or with ``full=True`` gathered into full
+        tensors on every rank (a collective: every rank calls it)."""
         coefs = self.coefficients(sigma_rel, t)
         acc: Dict[str, torch.Tensor] = {}
         last = None
@@ -199,6 +223,9 @@ class PostHocEMA:
             last = data
         out = {name: v.to(dtype) for name, v in acc.items()}
         out.update({name: v.clone() for name, v in last["copied"].items()})
+        if full:
+            layouts = dict(zip(self.ema.names, self.ema.layouts))
+            out = {name: v if layouts[name] is None else gathered(v, layouts[name]) for name, v in out.items()}
         return out
 
     @torch.no_grad()
@@ -213,7 +240,16 @@ class PostHocEMA:
         """The tracked EMA's state and the snapshot records (in-memory snapshots included;
         on-disk ones by path)."""
         return {"ema": self.ema.state_dict(), "snapshot_every": self.snapshot_every,
-                "snapshots": [dict(r) for r in self._records]}
+                "snapshots": [dict(r) if "data" not in r else {"t": r["t"], "data": self._as_global(r["data"])}
+                              for r in self._records]}
+
+    def _as_global(self, data: dict) -> dict:
+        """A snapshot with its sharded local shards as DTensors (as the EMA's state holds them)."""
+        if not self.ema.sharded:
+            return data
+        layouts = dict(zip(self.ema.names, self.ema.layouts))
+        wrap = lambda d: {n: v if layouts[n] is None else as_dtensor(v, layouts[n]) for n, v in d.items()}  # noqa: E731
+        return {**data, "averaged": [wrap(a) for a in data["averaged"]], "copied": wrap(data["copied"])}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Load a :meth:`state_dict`; everything is checked first (the EMA's state; each snapshot
@@ -244,8 +280,10 @@ class PostHocEMA:
                 checked.append({"t": t, "data": self.check_snapshot(r["data"], t, f"{where}['data']")})
             else:
                 path = r["path"]
-                if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
-                    raise ValueError(f"{where}['path']: snapshot file {path!r} does not exist")
+                if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(self._file_of(os.fspath(path))):
+                    raise ValueError(f"{where}['path']: snapshot file {path!r} does not exist"
+                                     + (f" (this rank's: {self._file_of(os.fspath(path))!r})" if self.ema.sharded
+                                        and isinstance(path, (str, os.PathLike)) else ""))
                 checked.append({"t": t, "path": os.fspath(path)})
         self.ema.load_state_dict(ema_state)
         self.snapshot_every = every

@@ -1,5 +1,5 @@
-"""Tests of the consistency-training example (examples/train_consistency.py, examples/digits.py,
-examples/compare_schedules.py): exact resume, argument errors, the metrics and sampling.
+"""Tests of the consistency-training example (examples/train_consistency.py, examples/digits.py):
+exact resume, argument errors, the metrics and sampling (the schedule sweep: tests/test_compare_schedules.py).
 
 Everything runs at a tiny size (a width-8 UNet, batch 8, a few steps) to stay well under a minute.
 """
@@ -21,7 +21,6 @@ pytest.importorskip("tqdm")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-import compare_schedules  # noqa: E402
 import digits  # noqa: E402
 import train_consistency  # noqa: E402
 
@@ -134,31 +133,16 @@ def test_resume_errors(tmp_path, capsys):
     assert "--steps 8 differs from the checkpoint's 4" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--steps", "0"], "--steps must be > 0, got 0"),
-    (["--seeds", "1", "1"], "--seeds must be distinct"),
-    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
-    (["--schedules", "lognormal-cosine"], "invalid choice: 'lognormal-cosine'"),
-])
-def test_compare_bad_arguments(capsys, argv, message):
-    with pytest.raises(SystemExit) as info:
-        compare_schedules.main(argv)
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_end_to_end_with_evaluation_and_comparison_table(tmp_path, capsys):
-    """Two steps, then sampling, metrics, samples.png, and a one-schedule comparison table. An
-    untrained classifier is put in the cache first so the test does not spend time training one."""
+def test_end_to_end_with_evaluation(tmp_path):
+    """Two steps, then sampling, metrics and samples.png. An untrained classifier is put in the cache
+    first so the test does not spend time training one."""
     data = digits.load_digits_split()
     torch.manual_seed(0)
     torch.save({"version": digits.CLASSIFIER_VERSION, "state_dict": digits.DigitsClassifier().state_dict(),
                 "test_accuracy": 0.1}, tmp_path / digits.CLASSIFIER_FILE)
-    output = tmp_path / "comparison.md"
-    compare_schedules.main(["--steps", "2", "--batch", "8", "--seeds", "0", "--schedules", "polynomial-constant",
-                            "--constant-n", "11", "--out", str(tmp_path), "--output", str(output),
-                            "--eval-samples", "360", "--quiet"])
-    run_dir = tmp_path / "compare-polynomial-constant-seed0"
+    train_consistency.main(["--steps", "2", "--batch", "8", "--curriculum", "constant", "--constant-n", "11",
+                            "--out", str(tmp_path), "--name", "e2e", "--eval-samples", "360", "--quiet"])
+    run_dir = tmp_path / "e2e"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (run_dir / "samples.png").stat().st_size > 1000
     assert metrics["finished"] and metrics["config"]["constant_n"] == 11
@@ -169,11 +153,6 @@ def test_end_to_end_with_evaluation_and_comparison_table(tmp_path, capsys):
         assert 1 <= m["classes_covered"] <= 10
         assert m["nn_ratio"] > 0
     assert "NOT FID" in metrics["reference"]["note"]
-    text = output.read_text()
-    assert "**This is not FID**" in text
-    assert "| polynomial (curve 4) + constant N |" in text
-    assert "python examples/compare_schedules.py --steps 2 --batch 8 --seeds 0 --constant-n 11" in text
-    assert "reproduce with:" in capsys.readouterr().out
     assert len(data.train_images) == 1437 and len(data.test_images) == 360
 
 
