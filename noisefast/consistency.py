@@ -28,7 +28,8 @@ from typing import Dict, NamedTuple, Optional, Tuple, Union
 import torch
 
 from ._checks import check_float_tensor, check_int, check_int_tensor, check_values
-from .ops.perturbation import PAIR_KERNELS, SAMPLED_PAIR_KERNELS, check_level_table, per_sample_arguments
+from ._dtensor import is_dtensor
+from .ops.perturbation import DTENSOR_LEVELS_UNSUPPORTED, PAIR_KERNELS, SAMPLED_PAIR_KERNELS, check_level_table, per_sample_arguments
 from .random import draw_seed_for
 from .schedules import KarrasLevels, LevelDistribution, LogNormalLevels, curriculum_stages, make_curriculum
 
@@ -192,6 +193,8 @@ class ConsistencyNoise:
         check_float_tensor(x, "x")
         if x.dim() == 0:
             raise ValueError("x must have a batch dimension [B, ...], got a 0-d tensor")
+        if is_dtensor(x):
+            raise NotImplementedError(DTENSOR_LEVELS_UNSUPPORTED.format(where="ConsistencyNoise.sample"))
         tables = self.tables(x.device)
         stage = self._stage(step, tables)
         sigmas = _row(tables.sigmas, stage)

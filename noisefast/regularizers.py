@@ -9,6 +9,7 @@ from torch import nn
 
 from ._checks import check_float_tensor, check_int_tensor, check_nonnegative_number, check_nonnegative_values, check_values
 from ._compile import StepCounter
+from ._dtensor import is_dtensor
 from ._library import plain_tensor, runs_eagerly
 from .magnitude import check_schedule, check_step, is_stateful, schedule_at
 from .ops.gaussian_noise import add_gaussian_noise, gaussian_noise, noise_scale
@@ -326,7 +327,9 @@ class GaussianNoise(ScheduledNoise):
     ``std`` is a number >= 0 or a tensor broadcastable to the input (for example one value per
     channel, shape [C, 1, 1]).
 
-    Shapes: input (*), output (*), same dtype. Gradient: identity with respect to the input.
+    Shapes: input (*), output (*), same dtype. Gradient: identity with respect to the input. A
+    DTensor input (Shard/Replicate placements) gets the noise its unsharded tensor would get under
+    the same seed, each rank on its own shard (see :func:`noisefast.gaussian_noise`).
 
     Example::
 
@@ -343,6 +346,9 @@ class GaussianNoise(ScheduledNoise):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return gaussian_noise(x, self.std, training=False)
+        if type(x) is not torch.Tensor and is_dtensor(x):
+            # Each rank's shard, noise by global index (noisefast.gaussian_noise on DTensors).
+            return gaussian_noise(x, self.magnitude(), generator=self.generator)
         check_float_tensor(x, "x")
         std_value, scale, inner = self.noise_scale(x)
         return add_gaussian_noise(x, draw_seed_for(x, self.generator), std_value, scale, inner, True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import queue
 import tempfile
 import traceback
@@ -34,7 +35,9 @@ def _worker(rank: int, world_size: int, store_path: str, results, fn: Callable, 
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=60))
         try:
-            results.put((rank, "ok", fn(rank, world_size, *args)))
+            # Pickled here, by value: the queue would share a tensor's memory through a file
+            # descriptor that this process serves, and it may exit before the parent fetches it.
+            results.put((rank, "ok", pickle.dumps(fn(rank, world_size, *args))))
         finally:
             dist.destroy_process_group()
     except BaseException:  # report every failure, KeyboardInterrupt included, to the parent
@@ -63,7 +66,7 @@ def run_distributed(world_size: int, fn: Callable, *args: Any, timeout: float = 
                     raise AssertionError(f"ranks {missing} of {world_size} did not finish {fn.__name__} "
                                          f"within {timeout} s") from None
                 if status == "ok":
-                    out[rank] = value
+                    out[rank] = pickle.loads(value)
                 else:
                     errors.append((rank, value))
                     break  # the other ranks may be stuck in a collective: stop waiting for them

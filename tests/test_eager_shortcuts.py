@@ -36,7 +36,7 @@ def test_identity_gradient_path_equals_the_general_autograd(dtype, shape, contig
     seed = draw_seed("cpu", torch.Generator().manual_seed(3))
     shortcut = add_gaussian_noise(x, seed, std, None, 1, True)
     assert "IdentityGradient" in type(shortcut.grad_fn).__name__
-    general = GAUSSIAN_NOISE.call(x, seed, std, None, 1, True)  # the op's own setup_context/backward
+    general = GAUSSIAN_NOISE.call(x, seed, std, None, 1, 0, 1, 1, True)  # the op's own setup_context/backward
     assert "gaussian_noise" in type(general.grad_fn).__name__
     assert torch.equal(_bits(shortcut), _bits(general)) and shortcut.is_contiguous()
     grad = torch.randn(shape).to(dtype)
@@ -53,7 +53,7 @@ def test_identity_gradient_path_is_taken_only_when_x_alone_needs_a_gradient():
     scale = torch.tensor([0.5, 1.0, 2.0])
     shortcut = add_gaussian_noise(x, seed, 1.0, scale, 4, False)
     assert "IdentityGradient" in name(shortcut)
-    assert torch.equal(shortcut, GAUSSIAN_NOISE.call(x, seed, 1.0, scale, 4, False))
+    assert torch.equal(shortcut, GAUSSIAN_NOISE.call(x, seed, 1.0, scale, 4, 0, 1, 1, False))
     # a scale that requires grad needs the noise in backward: the general autograd
     scale.requires_grad_()
     out = add_gaussian_noise(x, seed, 1.0, scale, 4, False)
@@ -85,7 +85,7 @@ def test_gaussian_noise_magnitude_on_the_host_equals_the_factor_tensor_path(x_dt
     std_value, scale, inner = gaussian_noise_module.noise_scale(x, layer.std)
     factor = layer._factor if x_dtype == torch.float64 else layer._factor_float32
     torch.manual_seed(5)
-    expected = GAUSSIAN_NOISE.call(x, draw_seed(x.device), std_value, factor.reshape(1), inner, True)
+    expected = GAUSSIAN_NOISE.call(x, draw_seed(x.device), std_value, factor.reshape(1), inner, 0, 1, 1, True)
     assert torch.equal(_bits(shortcut), _bits(expected))
 
 

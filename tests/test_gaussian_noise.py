@@ -166,15 +166,15 @@ def test_gradcheck_of_the_op():
     seed = torch.tensor([42])
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     scale = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, s: gaussian_noise_op(x, seed, 0.8, s, 4), (x, scale))
+    assert torch.autograd.gradcheck(lambda x, s: gaussian_noise_op(x, seed, 0.8, s, 4, 0, 1, 1), (x, scale))
 
 
 def test_opcheck():
     x = torch.randn(4, 3, 5)
     seed = torch.tensor([7])
-    torch.library.opcheck(gaussian_noise_op, (x, seed, 0.5, None, 1))
-    torch.library.opcheck(gaussian_noise_op, (x.requires_grad_(), seed, 1.0, torch.rand(4, requires_grad=True), 15))
-    torch.library.opcheck(gaussian_noise_op, (torch.randn(6, dtype=torch.bfloat16), seed, 1.0, None, 1))
+    torch.library.opcheck(gaussian_noise_op, (x, seed, 0.5, None, 1, 0, 1, 1))
+    torch.library.opcheck(gaussian_noise_op, (x.requires_grad_(), seed, 1.0, torch.rand(4, requires_grad=True), 15, 0, 1, 1))
+    torch.library.opcheck(gaussian_noise_op, (torch.randn(6, dtype=torch.bfloat16), seed, 1.0, None, 1, 0, 1, 1))
 
 
 def test_compile_fullgraph_traces_without_breaks():
@@ -214,7 +214,7 @@ def test_a_zero_dim_cpu_std_read_as_a_number_gives_the_tensor_path_bits(x_dtype,
         got = run_on(backend, noisefast.gaussian_noise, x, std, generator=torch.Generator().manual_seed(4))
         seed = noisefast.random.draw_seed("cpu", torch.Generator().manual_seed(4))
         with noisefast.use_backend(backend):
-            expected = KERNELS.call(x, seed, 1.0, std.reshape(1), 1, False)
+            expected = KERNELS.call(x, seed, 1.0, std.reshape(1), 1, 0, 1, 1, False)
         assert torch.equal(got, expected), backend
 
 
@@ -277,8 +277,8 @@ def test_cuda_matches_reference(backend, dtype, std_shape):
     scale, inner = (broadcast_as_scale(std, x.shape) if isinstance(std, torch.Tensor) else (None, 1))
     std_value = 1.0 if isinstance(std, torch.Tensor) else std
     with noisefast.use_backend(backend):
-        out = gaussian_noise_op(x.cuda(), seed.cuda(), std_value, None if scale is None else scale.cuda(), inner)
-    expected = noisefast.reference.gaussian_noise.gaussian_noise(x, seed, std_value, scale, inner)
+        out = gaussian_noise_op(x.cuda(), seed.cuda(), std_value, None if scale is None else scale.cuda(), inner, 0, 1, 1)
+    expected = noisefast.reference.gaussian_noise.gaussian_noise(x, seed, std_value, scale, inner, 0, 1, 1)
     if dtype in LOW_PRECISION:
         exact = x.double() + (std.double() if isinstance(std, torch.Tensor) else std) * \
             normal_stream(x.numel(), 12345).double().view(x.shape)

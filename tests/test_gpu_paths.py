@@ -35,7 +35,7 @@ def _grads(device: str, dtype: torch.dtype):
     leaves = [t.clone().requires_grad_() for t in (x, std, sigma, sigma_next, alpha)]
     lx, lstd, lsigma, lsigma_next, lalpha = leaves
     scale, inner = broadcast_as_scale(lstd, x.shape)
-    noisy = gaussian_noise_op(lx, seed, 1.0, scale, inner)
+    noisy = gaussian_noise_op(lx, seed, 1.0, scale, inner, 0, 1, 1)
     x_cur, x_next = consistency_pair_op(lx, seed, lsigma, lsigma_next, x.numel() // 4, 3)
     dn, target = add_noise_op(lx, seed, lalpha, lsigma, 0.1, 0.2, x.numel() // 4, 35, 5)
     outputs = [noisy, x_cur, x_next, dn, target]
@@ -77,7 +77,7 @@ def test_cuda_noise_past_2_pow_31_elements(backend):
     run_on(backend, torch.ops.noisefast.randn_out, out, seed, 0, 0)
     assert_close(out[-1000:], tail, rtol=2 ** -10, atol=1e-3, what=f"{backend} randn tail")
     out.zero_()
-    noisy = run_on(backend, gaussian_noise_op, out, seed, 1.0, None, 1)
+    noisy = run_on(backend, gaussian_noise_op, out, seed, 1.0, None, 1, 0, 1, 1)
     del out
     assert_close(noisy[-1000:], tail, rtol=2 ** -10, atol=1e-3, what=f"{backend} gaussian_noise tail")
 

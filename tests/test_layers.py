@@ -1,8 +1,8 @@
 """The package's layers, read from its source: every import points down (docs/design.md, "Layers").
 
-    foundation  noisefast._dtypes, _checks, _layout, _scalars, _compile, _library, random (and the
-                compiled _C): dtypes, argument checks, layouts, scalars on a device, backend choice,
-                seeds and stream numbers
+    foundation  noisefast._dtypes, _checks, _layout, _scalars, _compile, _library, _dtensor, random (and
+                the compiled _C): dtypes, argument checks, layouts, scalars on a device, backend choice,
+                DTensor shards, seeds and stream numbers
     reference   noisefast.reference.*: the eager specification            -> foundation
     triton      noisefast.triton.*: the Triton kernels                      -> foundation
     ops         noisefast.ops.*: the custom ops                             -> foundation, ops
@@ -25,7 +25,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "noisefast"
 
 FOUNDATION = {"noisefast._dtypes", "noisefast._checks", "noisefast._list_operands", "noisefast._layout", "noisefast._scalars",
-              "noisefast._compile", "noisefast._library", "noisefast.random", "noisefast._C"}
+              "noisefast._compile", "noisefast._library", "noisefast._dtensor", "noisefast.random", "noisefast._C"}
 ALLOWED = {
     "foundation": {"foundation"},
     "reference": {"foundation", "reference"},

@@ -122,7 +122,7 @@ def test_direct_call_equals_the_custom_op_values_and_gradients():
     x = torch.randn(3, 4, 5)
     seed = torch.tensor([123], dtype=torch.int64)
     cases = [
-        (KERNELS, gaussian_noise_op, lambda s: (x, seed, 1.0, s, 20, False), torch.rand(3) + 0.5),
+        (KERNELS, gaussian_noise_op, lambda s: (x, seed, 1.0, s, 20, 0, 1, 1, False), torch.rand(3) + 0.5),
         (ADD_NOISE_KERNELS, add_noise_op, lambda s: (x, seed, torch.full((3,), 0.9), s, 0.1, 0.2, 20, 5, 0, False),
          torch.rand(3) + 0.5),
     ]

@@ -189,7 +189,7 @@ def test_scheduled_noise_equals_the_op_with_the_float64_factor(dtype, std, cast)
     factor = torch.tensor(1.0 / 5.0, dtype=torch.float64)
     scale = factor.reshape(1) if scale is None else scale * factor
     torch.manual_seed(5)
-    expected = KERNELS.call(x, noisefast.random.draw_seed(x.device), std_value, scale, inner, True)
+    expected = KERNELS.call(x, noisefast.random.draw_seed(x.device), std_value, scale, inner, 0, 1, 1, True)
     assert torch.equal(out, expected)
 
 

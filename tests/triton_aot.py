@@ -95,14 +95,17 @@ def launcher_calls():
         add("noisefast.triton.randn:philox_words_out", randn.philox_words_out,
             meta(rows, 4, dtype=torch.int64), seed, stream, first_block)
 
-    # gaussian_noise: a number std, and a per-channel std tensor (HAS_SCALE); per-sample and big.
+    # gaussian_noise: a number std, and a per-channel std tensor (HAS_SCALE); per-sample and big;
+    # the mapped stream positions of a DTensor shard (MAPPED: Shard(1), 64-bit offsets).
     noise_path = "noisefast.triton.gaussian_noise:gaussian_noise"
     for dtype in floats:
         x = meta(8, 3, 32, 32, dtype=dtype)
-        add(noise_path, gaussian_noise.gaussian_noise, x, seed, 0.1, None, 1)
-        add(noise_path, gaussian_noise.gaussian_noise, x, seed, 1.0, meta(3, dtype=dtype), 1024)
-    add(noise_path, gaussian_noise.gaussian_noise, meta(8, 3, 32, 32), seed, 1.0, meta(8), 3 * 1024)
-    add(noise_path, gaussian_noise.gaussian_noise, meta(big), seed, 0.1, None, 1)
+        add(noise_path, gaussian_noise.gaussian_noise, x, seed, 0.1, None, 1, 0, 1, 1)
+        add(noise_path, gaussian_noise.gaussian_noise, x, seed, 1.0, meta(3, dtype=dtype), 1024, 0, 1, 1)
+        add(noise_path, gaussian_noise.gaussian_noise, x, seed, 0.1, None, 1, 3 * 1024, 3 * 1024, 6 * 1024)
+    add(noise_path, gaussian_noise.gaussian_noise, meta(8, 3, 32, 32), seed, 1.0, meta(8), 3 * 1024, 0, 1, 1)
+    add(noise_path, gaussian_noise.gaussian_noise, meta(big), seed, 0.1, None, 1, 0, 1, 1)
+    add(noise_path, gaussian_noise.gaussian_noise, meta(big), seed, 0.1, None, 1, 2 ** 40 + 1, 1, 1)
 
     # consistency_pair: narrow samples (several per program) and WIDE ones (>= a program's
     # elements), per-sample and batch-wide levels.

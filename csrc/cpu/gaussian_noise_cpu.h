@@ -1,6 +1,6 @@
-// CPU kernel of gaussian_noise: out = x + std * scale[(i / inner) % period] * z_i, z from stream
-// kStreamNoise of the portable normal stream; the per-element formula is
-// csrc/include/noisefast/gaussian_noise.h. Called by csrc/ops/gaussian_noise.cpp, which checks the
+// CPU kernel of gaussian_noise: out = x + std * scale[(i / inner) % period] * z_i, z_i element
+// map.position(i) of stream kStreamNoise of the portable normal stream (noisefast/stream_map.h);
+// the per-element formula is csrc/include/noisefast/gaussian_noise.h. Called by csrc/ops/gaussian_noise.cpp, which checks the
 // arguments (noisefast/ops/gaussian_noise.py explains how a broadcastable std becomes (scale, inner)).
 #pragma once
 
@@ -11,6 +11,7 @@
 
 #include "noisefast/gaussian_noise.h"
 #include "noisefast/math_type.h"
+#include "noisefast/stream_map.h"
 #include "noisefast/streams.h"
 #include "normal_stream_cpu.h"
 
@@ -21,9 +22,9 @@ namespace cpu {
 namespace {
 
 // x and out contiguous, of one shape and dtype; scale undefined (std alone) or a contiguous
-// [period] tensor of the math type; inner >= 1.
+// [period] tensor of the math type; inner >= 1; map checked (csrc/ops/gaussian_noise.cpp).
 inline void gaussian_noise(const at::Tensor& x, at::Tensor& out, uint64_t seed, double std, const at::Tensor& scale,
-                           int64_t inner) {
+                           int64_t inner, const StreamMap& map) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gaussian_noise_cpu", [&] {
     using acc_t = math_t<scalar_t>;
     const scalar_t* x_data = x.data_ptr<scalar_t>();
@@ -31,7 +32,7 @@ inline void gaussian_noise(const at::Tensor& x, at::Tensor& out, uint64_t seed, 
     const acc_t std_value = static_cast<acc_t>(std);
     // One sigma for every element: the chunked loop, which the compiler vectorises.
     const auto add_uniform_noise = [&](acc_t sigma) {
-      for_each_normal_chunk(x.numel(), seed, kStreamNoise, 0, [=](int64_t i0, int64_t count, const float* z) {
+      for_each_mapped_normal_chunk(x.numel(), seed, kStreamNoise, map, [=](int64_t i0, int64_t count, const float* z) {
         const scalar_t* src = x_data + i0;
         scalar_t* dst = out_data + i0;
         for (int64_t t = 0; t < count; ++t) {
@@ -49,7 +50,7 @@ inline void gaussian_noise(const at::Tensor& x, at::Tensor& out, uint64_t seed, 
       add_uniform_noise(std_value * scale_data[0]);
       return;
     }
-    for_each_normal(x.numel(), seed, kStreamNoise, 0, [=](int64_t i, float z) {
+    for_each_mapped_normal(x.numel(), seed, kStreamNoise, map, [=](int64_t i, float z) {
       const acc_t sigma = std_value * scale_data[(i / inner) % period];
       out_data[i] = static_cast<scalar_t>(add_scaled_normal<acc_t>(static_cast<acc_t>(x_data[i]), sigma, z));
     });

@@ -15,6 +15,7 @@
 
 #include "multiversion_cpu.h"
 #include "noisefast/philox.h"
+#include "noisefast/stream_map.h"
 #include "vector_math_cpu.h"
 
 namespace noisefast {
@@ -169,6 +170,45 @@ void for_each_normal_chunk(int64_t n, uint64_t seed, uint64_t stream, uint64_t o
 template <typename Visit>
 void for_each_normal(int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, const Visit& visit) {
   for_each_normal_chunk(n, seed, stream, offset, [&](int64_t i0, int64_t count, const float* z) {
+    for (int64_t t = 0; t < count; ++t) visit(i0 + t, z[t]);
+  });
+}
+
+// for_each_normal_chunk over a StreamMap (noisefast/stream_map.h): consume(i0, count, z) with z[k] =
+// element map.position(i0 + k) of the stream. A contiguous map is for_each_normal_chunk at
+// map.offset; otherwise each run of map.segment elements is a contiguous piece of the stream, walked
+// with the same chunked Philox (so the normals are bit for bit those of the contiguous walk), in
+// parallel over the runs.
+template <typename Consume>
+void for_each_mapped_normal_chunk(int64_t n, uint64_t seed, uint64_t stream, const StreamMap& map,
+                                  const Consume& consume) {
+  if (map.contiguous()) {
+    for_each_normal_chunk(n, seed, stream, static_cast<uint64_t>(map.offset), consume);
+    return;
+  }
+  if (n <= 0) return;
+  const int64_t segment = map.segment;
+  const int64_t runs = (n + segment - 1) / segment;
+  const NormalChunkFn normal_chunk = normal_chunk_fn();
+  const int64_t grain = std::max<int64_t>(1, kBlocksPerTask * kNormalsPerBlock / segment);
+  at::parallel_for(0, runs, grain, [&](int64_t r0, int64_t r1) {
+    alignas(64) float z[1][kChunkNormals];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t first = r * segment;
+      const int64_t count = std::min(segment, n - first);
+      const uint64_t offset = static_cast<uint64_t>(map.offset + r * map.stride);
+      noise_chunks_of_blocks<1>(0, noise_block_count(count, offset), count, seed, {stream}, offset, normal_chunk, z,
+                                [&](int64_t i0, int64_t i1, const std::array<const float*, 1>& zs) {
+                                  consume(first + i0, i1 - i0, zs[0]);
+                                });
+    }
+  });
+}
+
+// Element-wise form of for_each_mapped_normal_chunk: visit(i, z_i) for i in [0, n).
+template <typename Visit>
+void for_each_mapped_normal(int64_t n, uint64_t seed, uint64_t stream, const StreamMap& map, const Visit& visit) {
+  for_each_mapped_normal_chunk(n, seed, stream, map, [&](int64_t i0, int64_t count, const float* z) {
     for (int64_t t = 0; t < count; ++t) visit(i0 + t, z[t]);
   });
 }

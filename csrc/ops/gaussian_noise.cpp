@@ -30,20 +30,24 @@ at::Tensor scale_operand(const std::optional<at::Tensor>& scale, const at::Tenso
 }
 
 at::Tensor gaussian_noise_cpu(const at::Tensor& x_in, const at::Tensor& seed, double std,
-                              const std::optional<at::Tensor>& scale, int64_t inner) {
+                              const std::optional<at::Tensor>& scale, int64_t inner, int64_t offset,
+                              int64_t segment, int64_t stride) {
   const uint64_t seed_value = read_seed_on_cpu(seed);
   check_inner(inner);
+  const StreamMap map = stream_map(offset, segment, stride);
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = cpu::new_output_like(x);
-  cpu::gaussian_noise(x, out, seed_value, std, scale_operand(scale, x), inner);
+  cpu::gaussian_noise(x, out, seed_value, std, scale_operand(scale, x), inner, map);
   return out;
 }
 
 #if NOISEFAST_WITH_CUDA
 at::Tensor gaussian_noise_cuda(const at::Tensor& x_in, const at::Tensor& seed, double std,
-                               const std::optional<at::Tensor>& scale_in, int64_t inner) {
+                               const std::optional<at::Tensor>& scale_in, int64_t inner, int64_t offset,
+                               int64_t segment, int64_t stride) {
   check_seed_on(seed, x_in);
   check_inner(inner);
+  const StreamMap map = stream_map(offset, segment, stride);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -51,7 +55,7 @@ at::Tensor gaussian_noise_cuda(const at::Tensor& x_in, const at::Tensor& seed, d
   cuda::check_launch(
       cuda::launch_gaussian_noise(x.data_ptr(), out.data_ptr(), dtype_of(x), x.numel(),
                                   seed.data_ptr<int64_t>(), std, scale.defined() ? scale.data_ptr() : nullptr,
-                                  scale.defined() ? scale.numel() : 1, inner, cuda::current_stream()),
+                                  scale.defined() ? scale.numel() : 1, inner, map, cuda::current_stream()),
       "gaussian_noise");
   return out;
 }

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "noisefast/dtype.h"
+#include "noisefast/stream_map.h"
 
 namespace noisefast {
 
@@ -66,6 +67,15 @@ inline void check_not_inference(const at::Tensor& t, const Name& name) {
 
 inline void check_nonnegative(int64_t value, const char* name) {
   TORCH_CHECK(value >= 0, "noisefast: ", name, " must be >= 0, got ", value);
+}
+
+// The stream positions of an op's elements (noisefast/stream_map.h), checked: offset >= 0,
+// segment >= 1, stride >= segment.
+inline StreamMap stream_map(int64_t offset, int64_t segment, int64_t stride) {
+  check_nonnegative(offset, "offset");
+  TORCH_CHECK(segment >= 1, "noisefast: segment must be >= 1, got ", segment);
+  TORCH_CHECK(stride >= segment, "noisefast: stride must be >= segment (", segment, "), got ", stride);
+  return StreamMap{offset, segment, stride};
 }
 
 // Whether each sample (index of dim 0) of t is one dense block of memory: contiguous and

@@ -15,6 +15,10 @@ raise the same ValueError / TypeError naming the user's argument.
 
 Autograd: none. The shadows are updated with grad mode off, like an optimizer step; eager calls
 bump their version counters (see Kernels.run_in_place).
+
+DTensors (lists whose first weight is a DTensor: FSDP2's sharded parameters): each shadow must be
+a DTensor laid out like its weight (one mesh, global shape and placements), and each rank updates
+its local shards in the same one fused call, with no communication (noisefast/_dtensor.py).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import List, Optional, Union
 
 import torch
 
+from .._dtensor import is_dtensor, locals_alike
 from .._library import Kernels
 from .._list_operands import check_decays, check_ema_operands
 
@@ -76,8 +81,19 @@ KERNELS_MULTI = Kernels(ema_update_multi_op_, public="ema_update_multi_",
 
 def run_ema_update(emas: List[torch.Tensor], tensors: List[torch.Tensor], decays: List[float],
                    decay_tensor: Optional[torch.Tensor]) -> None:
-    """``noisefast::ema_update_multi_`` on lists the caller has checked (the EMA class's update)."""
+    """``noisefast::ema_update_multi_`` on lists the caller has checked (the EMA class's update).
+    DTensors (when tensors[0] is one): shadows laid out like their weights, updated shard by shard."""
+    if tensors and type(tensors[0]) is not torch.Tensor and is_dtensor(tensors[0]):
+        emas, tensors = local_operands(emas, tensors, "ema_lists")
     KERNELS_MULTI.run_in_place(_device(tensors, emas), emas, emas, tensors, decays, decay_tensor)
+
+
+def local_operands(emas: List[torch.Tensor], tensors: List[torch.Tensor],
+                   emas_name: str) -> "tuple[List[torch.Tensor], List[torch.Tensor]]":
+    """The local shards of DTensor shadows and weights (shadow k pairs with weight k modulo N),
+    each shadow checked to be laid out like its weight (errors name ``emas_name`` and ``tensors``)."""
+    local_tensors = locals_alike(tensors, tensors, "tensors", "tensors")
+    return locals_alike(emas, tensors, emas_name, "tensors"), local_tensors
 
 
 def _tensor_list(value, name: str) -> List[torch.Tensor]:
@@ -141,6 +157,12 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
     or ``decay`` for non-lists, different lengths, shapes, devices or unsupported dtypes, internally
     overlapping shadows, shadows that share memory (a tensor listed twice), a decay outside [0, 1]
     (checked for numbers and CPU tensors). Empty lists and empty tensors are no-ops.
+
+    DTensors: when ``tensors[0]`` is a DTensor (FSDP2), every weight and shadow must be a DTensor,
+    each shadow on its weight's mesh with its global shape and Shard/Replicate placements; each rank
+    updates its own shards in one fused pass, with no communication, and the shadows keep their
+    placements. A Partial placement raises ValueError naming the tensor; a shadow laid out unlike
+    its weight raises ValueError naming it.
     """
     ema_tensors = _tensor_list(ema_tensors, "ema_tensors")
     tensors = _tensor_list(tensors, "tensors")
@@ -152,6 +174,8 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], tensors: Sequence[torch.Ten
         decay_value, decay_tensor = check_decay_number(decay, "decay"), None
     if not tensors:
         return
+    if type(tensors[0]) is not torch.Tensor and is_dtensor(tensors[0]):
+        ema_tensors, tensors = local_operands(ema_tensors, tensors, "ema_tensors")
     KERNELS.run_in_place(tensors[0].device, ema_tensors, ema_tensors, tensors, decay_value, decay_tensor)
 
 

@@ -18,9 +18,16 @@ ValueError/TypeError naming the argument.
 
 Autograd: the in-place op records no history (like an optimizer step). The out-of-place op's
 gradient is the identity for each tensor; it saves nothing, in particular no noise.
+
+DTensors (a list whose first tensor is a DTensor: FSDP2's parameters and gradients): each rank
+works on its shards, tensor by tensor through gaussian_noise's kernel at the shards' global stream
+positions (noisefast/_dtensor.py), so every element gets the noise it gets in the unsharded list
+under the same seed (base_k from the global sizes). One launch per tensor, and in place one copy
+back per tensor: slower than the fused pass, with no communication.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -28,10 +35,12 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .._checks import check_nonnegative_number
+from .._checks import check_float_tensor, check_nonnegative_number
+from .._dtensor import PLAIN, Part, is_dtensor, part_of, wrap_like
 from .._library import Kernels
 from .._list_operands import check_noise_operands, check_std_operands
 from ..random import draw_seed
+from .gaussian_noise import KERNELS as GAUSSIAN_NOISE
 
 Std = Union[float, torch.Tensor, Sequence[float]]
 
@@ -173,12 +182,21 @@ def foreach_gaussian_noise_(tensors: Union[torch.Tensor, Sequence[torch.Tensor]]
     unsupported dtype or layout, several devices, an expanded tensor, the same memory listed
     twice: it would get noise twice) or ``std`` (negative or non-finite, wrong length or shape).
     An empty list is a no-op.
+
+    DTensors (when tensors[0] is one, e.g. FSDP2's gradients): each rank adds noise to its own
+    shards, each element getting the noise it gets in the unsharded list under the same seed (seed
+    all ranks alike); one gaussian_noise launch and one copy per tensor instead of the fused pass.
+    A Partial placement raises ValueError naming the tensor (docs/design.md, "DTensors and the
+    global index").
     """
     single = isinstance(tensors, torch.Tensor)
     ts = _tensor_list(tensors, "tensors")
     stds, std_tensor = std_arguments(std, len(ts), _device(ts))
     if not ts:
         return tensors
+    if type(ts[0]) is not torch.Tensor and is_dtensor(ts[0]):
+        _foreach_dtensor(ts, stds, std_tensor, generator, in_place=True)
+        return ts[0] if single else tensors
     seed = draw_seed(ts[0].device, generator)
     KERNELS_.run_in_place(ts[0].device, ts, ts, seed, stds, std_tensor)
     return ts[0] if single else tensors
@@ -199,7 +217,40 @@ def foreach_gaussian_noise(tensors: Union[torch.Tensor, Sequence[torch.Tensor]],
     stds, std_tensor = std_arguments(std, len(ts), _device(ts))
     if not ts:
         return []
+    if type(ts[0]) is not torch.Tensor and is_dtensor(ts[0]):
+        return _foreach_dtensor(ts, stds, std_tensor, generator, in_place=False)
     return KERNELS.call(ts, draw_seed(ts[0].device, generator), stds, std_tensor)
+
+
+def _foreach_dtensor(ts: List[torch.Tensor], stds: List[float], std_tensor: Optional[torch.Tensor],
+                     generator: Optional[torch.Generator], *, in_place: bool) -> Optional[List[torch.Tensor]]:
+    """The foreach ops on a list holding DTensors (plain tensors in it are whole tensors): tensor k's
+    shard gets stream elements base_k + its global indices, base_k from the global sizes as in
+    the fused kernels. Everything is checked before the first write."""
+    parts: List[Part] = []
+    device = ts[0].device
+    for k, t in enumerate(ts):
+        check_float_tensor(t, f"tensors[{k}]")
+        if t.device != device:
+            raise ValueError(f"tensors[{k}] is on {t.device} but tensors[0] is on {device}")
+        parts.append(part_of(t, f"tensors[{k}]") if is_dtensor(t) else Part(t, (), (), PLAIN))
+    scale = None if std_tensor is None else std_tensor.to(device).reshape(1)
+    seed = draw_seed(device, generator)
+    outputs = []
+    base = 0
+    with torch.no_grad() if in_place else contextlib.nullcontext():
+        for k, (t, part) in enumerate(zip(ts, parts)):
+            offset, segment, stride = part.map.shifted(base)
+            base += (t.numel() + 3) // 4 * 4  # the fused kernels' layout: each tensor starts a Philox block
+            std_k = 1.0 if scale is not None else stds[k]
+            local = part.local
+            if in_place:
+                if local.numel() and not (scale is None and std_k == 0.0):
+                    local.copy_(GAUSSIAN_NOISE.call(local, seed, std_k, scale, 1, offset, segment, stride, True))
+                continue
+            out = GAUSSIAN_NOISE.call(local, seed, std_k, scale, 1, offset, segment, stride, True)
+            outputs.append(wrap_like(out, t) if is_dtensor(t) else out)
+    return None if in_place else outputs
 
 
 # ---- deprecated name ------------------------------------------------------------------------------

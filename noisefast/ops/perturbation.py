@@ -32,6 +32,7 @@ import torch
 
 from .._checks import (check_finite_values, check_float_tensor, check_nonnegative_number, check_nonnegative_values,
                        check_num_levels, check_values)
+from .._dtensor import Part, batch_part_of, is_dtensor, narrow_to_box, wrap_like
 from .._dtypes import math_dtype
 from .._library import Kernels, plain_tensor, runs_eagerly
 from .._scalars import constant_vector, scalar_on
@@ -311,15 +312,43 @@ def consistency_pair(x: torch.Tensor, sigma: Scalar, sigma_next: Scalar, *,
 
     Raises TypeError for a non-float x or sigma; ValueError naming sigma/sigma_next when one is
     negative, NaN or infinite, or its length is not B.
+
+    DTensors: x may be a DTensor sharded along the batch (Shard(0)) or replicated; each rank
+    perturbs its own samples (no communication), the outputs keep x's placements, and every
+    element gets the noise it gets unsharded under the same seed (its global index; seed all ranks
+    alike). Per-sample sigmas are [B] plain tensors (each rank takes its samples' values) or
+    DTensors sharded like x. Other placements raise NotImplementedError, Partial ValueError.
     """
     check_float_tensor(x, "x")
-    (sig, sig_next), inner = per_sample_arguments(x, {"sigma": sigma, "sigma_next": sigma_next},
-                                                  nonnegative=("sigma", "sigma_next"))
+    values = {"sigma": sigma, "sigma_next": sigma_next}
+    whole, offset = x, 0
+    if type(x) is not torch.Tensor and is_dtensor(x):
+        part, values = per_sample_parts(x, values)
+        x, offset = part.local, part.map.offset
+    (sig, sig_next), inner = per_sample_arguments(x, values, nonnegative=("sigma", "sigma_next"))
     checked = not (isinstance(sigma, torch.Tensor) or isinstance(sigma_next, torch.Tensor))
     seed = draw_seed_for(x, generator)
     if _x_alone_needs_grad(x, sig, sig_next):
-        return _PairWithIdentityGradient.apply(x, (seed, sig, sig_next, inner, 0, checked))
-    return PAIR_KERNELS.call(x, seed, sig, sig_next, inner, 0, checked)
+        out = _PairWithIdentityGradient.apply(x, (seed, sig, sig_next, inner, offset, checked))
+    else:
+        out = PAIR_KERNELS.call(x, seed, sig, sig_next, inner, offset, checked)
+    return out if whole is x else tuple(wrap_like(o, whole) for o in out)
+
+
+def per_sample_parts(x, values: Dict[str, Scalar]) -> Tuple[Part, Dict[str, Scalar]]:
+    """For a DTensor x sharded along the batch (Shard(0)) or replicated: this rank's :class:`Part`
+    and the per-sample values its samples use (a plain [B] tensor, or a DTensor sharded like x, is
+    narrowed to the rank's samples; numbers and 0-d tensors stay). NotImplementedError for other
+    placements, ValueError for Partial ones, naming x."""
+    part = batch_part_of(x, "x")
+    local_values = {}
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            value = narrow_to_box(value, part, tuple(x.shape), name, leading=True, mesh=x.device_mesh)
+        elif is_dtensor(value):
+            value = value.to_local()
+        local_values[name] = value
+    return part, local_values
 
 
 def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_perturbation: float = 0.0,
@@ -345,6 +374,9 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
         (x_noisy, target), contiguous, dtype of x; math in float32 (float64 for float64 x).
         z, xi, o are streams STREAM_NOISE, STREAM_PERTURBATION, STREAM_OFFSET of one seed (o_{b,c}
         is element b*C + c). d x_noisy / d x = alpha; the target has no gradient.
+
+    DTensors: as :func:`consistency_pair` (Shard(0) or Replicate, noise by global index); offset
+    noise on a batch-sharded x raises NotImplementedError (its stream is indexed by the local sample).
     """
     check_float_tensor(x, "x")
     gamma = check_nonnegative_number(input_perturbation, "input_perturbation")
@@ -352,8 +384,17 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
     if offset_scale != 0.0 and x.dim() < 2:
         raise ValueError(f"offset_noise needs x of shape [B, C, ...] (one offset per sample and channel), "
                          f"got shape {tuple(x.shape)}")
-    (alpha_t, sigma_t), sample_inner = per_sample_arguments(x, {"alpha": alpha, "sigma": sigma},
-                                                            nonnegative=("sigma",))
+    values = {"alpha": alpha, "sigma": sigma}
+    whole, offset = x, 0
+    if type(x) is not torch.Tensor and is_dtensor(x):
+        part, values = per_sample_parts(x, values)
+        if offset_scale != 0.0 and part.box_shape[0] != whole.shape[0]:
+            raise NotImplementedError(
+                "add_noise: offset_noise on a DTensor sharded along the batch (Shard(0)) is not supported: "
+                "the offset noise of sample b is stream element b * C + c counted from the shard's first "
+                "sample, not the global one; replicate x, or add the offset noise without sharding")
+        x, offset = part.local, part.map.offset
+    (alpha_t, sigma_t), sample_inner = per_sample_arguments(x, values, nonnegative=("sigma",))
     channel_inner = 1
     if offset_scale != 0.0 and x.shape[0] * x.shape[1] > 0:
         channel_inner = max(x.numel() // (x.shape[0] * x.shape[1]), 1)
@@ -370,10 +411,12 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
             check_nonnegative_values(sigma_t, "sigma")
         checked = True
     arguments = (draw_seed_for(x, generator), alpha_t, sigma_t, gamma, offset_scale, sample_inner, channel_inner,
-                 0, checked)
+                 offset, checked)
     if _x_alone_needs_grad(x, alpha_t, sigma_t):
-        return _AddNoiseWithInputGradient.apply(x, arguments)
-    return ADD_NOISE_KERNELS.call(x, *arguments)
+        out = _AddNoiseWithInputGradient.apply(x, arguments)
+    else:
+        out = ADD_NOISE_KERNELS.call(x, *arguments)
+    return out if whole is x else tuple(wrap_like(o, whole) for o in out)
 
 
 # ---- noisefast::sampled_consistency_pair ---------------------------------------------------------
@@ -393,6 +436,12 @@ def add_noise(x: torch.Tensor, sigma: Scalar, *, alpha: Scalar = 1.0, input_pert
 # ``torch.multinomial(p, B, replacement=True)`` in public code) and what any sampler with a fixed
 # interval distribution does; samplers that couple a batch (the stratified polynomial sampler of
 # Gokmen et al. 2024) sample indices first and call ``consistency_pair``.
+
+
+DTENSOR_LEVELS_UNSUPPORTED = (
+    "{where}: x is a DTensor, and the levels drawn inside the op are indexed by the local sample, not the "
+    "global one; sample the levels of the whole batch alike on every rank and call "
+    "noisefast.consistency_pair(x, sigma, sigma_next), which serves DTensors sharded along the batch")
 
 
 class SampledPair(NamedTuple):
@@ -506,6 +555,8 @@ def sampled_consistency_pair(x: torch.Tensor, sigmas: torch.Tensor, cdf: torch.T
     check_float_tensor(x, "x")
     if x.dim() == 0:
         raise ValueError("x must have a batch dimension, got a 0-d tensor")
+    if is_dtensor(x):
+        raise NotImplementedError(DTENSOR_LEVELS_UNSUPPORTED.format(where="sampled_consistency_pair"))
     for name, t in (("sigmas", sigmas), ("cdf", cdf)):
         if isinstance(t, torch.Tensor) and t.device != x.device:
             raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")

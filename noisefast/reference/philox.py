@@ -102,6 +102,22 @@ def normal_stream(numel: int, seed: int, stream: int = 0, offset: int = 0,
     return normals[start:start + numel]
 
 
+def stream_positions(numel: int, offset: int, segment: int, stride: int, device=None) -> torch.Tensor:
+    """The stream positions of ``numel`` elements, int64 [numel]: element i draws position
+    ``offset + (i // segment) * stride + i % segment`` (csrc/include/noisefast/stream_map.h; a DTensor
+    shard's global indices, docs/design.md "DTensors and the global index"; offset + i when
+    segment == stride)."""
+    i = torch.arange(numel, dtype=torch.int64, device=device)
+    return offset + (i // segment) * stride + i % segment
+
+
+def normal_at(positions: torch.Tensor, seed: int, stream: int = 0) -> torch.Tensor:
+    """Elements ``positions`` (int64, >= 0, any order) of the normal stream, float32, shaped like
+    positions: lane j % 4 of Philox block j // 4."""
+    normals = box_muller4(philox_words(seed, stream, positions // NORMALS_PER_BLOCK))
+    return normals.gather(-1, (positions % NORMALS_PER_BLOCK).unsqueeze(-1)).squeeze(-1)
+
+
 def uniform_stream(numel: int, seed: int, stream: int = 0, offset: int = 0, device=None) -> torch.Tensor:
     """Elements ``offset .. offset + numel - 1`` of the uniform stream: u_j = uniform_open01 of
     Philox word j % 4 of block j // 4 (the words the normal stream turns into normals), float32."""

@@ -142,4 +142,14 @@ NF_HOST_DEVICE Normal4 normal4(uint64_t seed, uint64_t stream, uint64_t q) {
   return box_muller4(philox_block(seed, stream, q));
 }
 
+// Element j of the normal stream alone: the lane j % 4 of Philox block j / 4 (four times the Philox
+// work per element of normal4; for kernels whose elements are not consecutive stream elements).
+// The lane is selected by value, not by a runtime index into the array, which would put it on a
+// CUDA thread's stack (tests/test_cuda_resources.py).
+NF_HOST_DEVICE float normal_at(uint64_t seed, uint64_t stream, uint64_t j) {
+  const Normal4 z = normal4(seed, stream, j / kNormalsPerBlock);
+  const unsigned lane = static_cast<unsigned>(j % kNormalsPerBlock);
+  return lane == 0 ? z.z[0] : lane == 1 ? z.z[1] : lane == 2 ? z.z[2] : z.z[3];
+}
+
 }  // namespace noisefast
