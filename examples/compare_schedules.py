@@ -126,12 +126,7 @@ def parse_args(argv=None):
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device: unknown device {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available here")
+    train_consistency.check_device_argument(parser, args.device)
     return args
 
 

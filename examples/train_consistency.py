@@ -159,6 +159,16 @@ def _check_config(parser: argparse.ArgumentParser, cfg: dict, n_train: int) -> N
         parser.error(f"--width must be a positive multiple of 8, got {cfg['width']}")
 
 
+def check_device_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """parser.error unless ``--device name`` names a device usable here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device: unknown device {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+
+
 def parse_args(argv=None):
     """Parsed options and the run configuration (DEFAULTS, the checkpoint's on --resume, then the
     flags given). Bad values exit with status 2 and a message naming the flag."""
@@ -190,12 +200,7 @@ def parse_args(argv=None):
         parser.error("--fsdp runs from the start to --steps: --resume and --stop-at are for one process")
     if args.eval_samples < digits.N_TEST:
         parser.error(f"--eval-samples must be >= {digits.N_TEST} (the test-set size), got {args.eval_samples}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device: unknown device {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available here")
+    check_device_argument(parser, args.device)
     return args, cfg
 
 
